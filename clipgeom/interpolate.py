@@ -1,0 +1,105 @@
+"""Spherical interpolation between embeddings: SLERP and vSLERP.
+
+Levi & Gilboa, "The Double-Ellipsoid Geometry of CLIP", Sec. 7.2: because
+CLIP embeddings lie on a shell around an offset mean m, interpolating on the
+sphere around the origin (SLERP) cuts through the inside of the shell;
+vSLERP shifts the centre of rotation to alpha * m.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import validate
+from .errors import InputError
+
+# Below this angle (radians) between a and b, SLERP falls back to normalised
+# linear interpolation of the directions (sin(omega) would lose precision).
+PARALLEL_TOL = 1e-6
+
+
+def _vec(v, name: str) -> np.ndarray:
+    arr = np.asarray(v)
+    if arr.ndim == 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 1:
+        raise InputError(f"{name}: expected one embedding vector, got shape {arr.shape}.")
+    return validate.embeddings(arr[None, :], name, min_rows=1, dtype=np.float64)[0]
+
+
+def _thetas(theta):
+    t = np.asarray(theta, dtype=np.float64)
+    if t.ndim > 1:
+        raise InputError(f"theta must be a number or a 1-D array of numbers, got shape {t.shape}.")
+    if not np.isfinite(t).all() or np.any(t < 0) or np.any(t > 1):
+        raise InputError("theta must be between 0 and 1 (0 gives a, 1 gives b).")
+    return t
+
+
+def _slerp(a: np.ndarray, b: np.ndarray, theta, name_a: str, name_b: str) -> np.ndarray:
+    if a.shape != b.shape:
+        raise InputError(f"{name_a} has {a.shape[0]} features but {name_b} has {b.shape[0]}.")
+    t = _thetas(theta)
+    scalar = t.ndim == 0
+    t = np.atleast_1d(t)[:, None]
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    ua, ub = a / na, b / nb
+    # Angle via atan2 of |a x b| and a.b: accurate for tiny and near-pi angles.
+    cos = float(np.dot(ua, ub))
+    sin = float(np.linalg.norm(ub - cos * ua))
+    omega = float(np.arctan2(sin, cos))
+    if np.pi - omega < PARALLEL_TOL:
+        raise InputError(
+            f"{name_a} and {name_b} point in opposite directions; the arc between them is "
+            "not unique, so spherical interpolation is undefined."
+        )
+    if omega < PARALLEL_TOL:
+        u = (1 - t) * ua + t * ub
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+    else:
+        u = (np.sin((1 - t) * omega) * ua + np.sin(t * omega) * ub) / np.sin(omega)
+    out = u * ((1 - t) * na + t * nb)
+    return out[0] if scalar else out
+
+
+def slerp(a, b, theta) -> np.ndarray:
+    """Spherical linear interpolation from ``a`` (theta=0) to ``b`` (theta=1).
+
+    Double-Ellipsoid Sec. 7.2 (SLERP, Shoemake 1985). The direction moves
+    along the great-circle arc between a/|a| and b/|b| at constant angular
+    speed: u(theta) = [sin((1-theta) W) a^ + sin(theta W) b^] / sin W with
+    W the angle between them. Choice for vectors of different norms: the
+    norm is interpolated linearly, |x(theta)| = (1-theta)|a| + theta|b|, so
+    the path keeps the constant angular speed and ends exactly at a and b.
+    Nearly parallel vectors (W < 1e-6 rad) use normalised linear
+    interpolation of the directions; exactly opposite vectors raise
+    InputError (the arc is not unique).
+
+    ``theta`` is a number in [0, 1] (returns [d]) or a 1-D array of them
+    (returns [T, d], one row per theta). float64.
+    """
+    return _slerp(_vec(a, "vector a"), _vec(b, "vector b"), theta, "vector a", "vector b")
+
+
+def vslerp(a, b, theta, alpha: float, mean) -> np.ndarray:
+    """vSLERP: SLERP around the shifted centre alpha * m (Double-Ellipsoid Sec. 7.2).
+
+    vSLERP(a, b, theta, alpha) = SLERP(a - alpha m, b - alpha m, theta) + alpha m,
+    with ``mean`` = m (the modality mean of the raw embeddings). alpha = 0 is
+    plain SLERP; alpha = 1 rotates around the mean itself, staying on the
+    shell of the ellipsoid. Shapes and theta as in :func:`slerp`.
+    """
+    a = _vec(a, "vector a")
+    b = _vec(b, "vector b")
+    m = np.asarray(mean, dtype=np.float64)
+    if m.shape != a.shape:
+        raise InputError(f"mean: expected a vector of length {a.shape[0]}, got shape {m.shape}.")
+    if not np.isfinite(m).all():
+        raise InputError("mean: contains NaN or Inf values.")
+    alpha = float(alpha)
+    if not np.isfinite(alpha):
+        raise InputError(f"alpha must be a finite number, got {alpha}.")
+    shift = alpha * m
+    sa = _vec(a - shift, "vector a - alpha * mean")
+    sb = _vec(b - shift, "vector b - alpha * mean")
+    return _slerp(sa, sb, theta, "vector a - alpha * mean", "vector b - alpha * mean") + shift

@@ -1,0 +1,222 @@
+"""The report: every headline measurement of a dataset as one JSON object.
+
+``python -m clipgeom report NAME --json`` prints :func:`build_report`'s
+result. Its key names are a public contract (schema ``clipgeom.report/1``):
+later tools read them, so keep them and only add. Values are plain floats,
+ints, lists and dicts; NaN becomes null.
+
+Paired measurements (loss, alpha sweeps) use one caption per image (the
+first), like the paper's 5k MS-COCO pairs, and run on a seeded sample of at
+most ``max_pairs`` pairs: the contrastive loss of a batch depends on its size
+(the uniformity term grows like log N), so a fixed batch keeps numbers
+comparable across datasets, and it keeps the report fast on 100k+ pairs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import conformity, geometry, loss, projection
+
+SCHEMA = "clipgeom.report/1"
+DEFAULT_MAX_PAIRS = 5000
+Progress = Optional[Callable[[str], None]]
+
+
+def _clean(obj):
+    """JSON-safe copy: numpy scalars/arrays to Python, NaN/Inf to None."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    return obj
+
+
+def _modality_section(x: np.ndarray, summary: geometry.ModalitySummary,
+                      name: str) -> dict:
+    shell = geometry.thin_shell(summary)
+    var = summary.variance
+    odd = geometry.off_diagonal_dominance(summary.cov)
+    fit = conformity.fit_conformity(x)
+    iso = projection.isotropy(x)
+    return {
+        "n": summary.n,
+        "mean_norm": shell.mean_norm,
+        "norm_var": shell.norm_var,
+        "rms_norm": shell.rms_norm,
+        "rms_rel_error": shell.rms_rel_error,
+        "shell_radius": shell.mean_norm,
+        "shell_std": shell.shell_std,
+        "raw_norm": {"mean": shell.raw_mean_norm, "std": shell.raw_norm_std},
+        "mean_vector_norm": float(np.linalg.norm(summary.mean)),
+        "mean_over_sigma": geometry.mean_over_sigma(summary),
+        "variance": {"max": float(var.max()), "median": float(np.median(var)),
+                     "max_over_median": float(var.max() / np.median(var))
+                     if np.median(var) > 0 else None},
+        "odd": {"median": float(np.median(odd)), "frac_above_1": float(np.mean(odd > 1))},
+        "top_offset_features": [{"feature": f["feature"], "mean_over_std": f["mean_over_std"]}
+                                for f in geometry.offset_features(summary, 10)],
+        "conformity": {"mean": fit.mean, "a": fit.a, "b": fit.b, "pearson": fit.pearson,
+                       "theory_a": fit.theory_a, "a_paper": fit.a_paper,
+                       "b_paper": fit.b_paper, "theory_a_paper": fit.theory_a_paper},
+        "isotropy": iso,
+    }
+
+
+def _sweep_dict(sw: loss.AlphaSweep) -> dict:
+    return {"alpha": sw.alpha, "total": sw.total, "alignment": sw.alignment,
+            "uniformity": sw.uniformity, "loss_correct": sw.loss_correct,
+            "loss_misclassified": sw.loss_misclassified,
+            "accuracy_i2t": sw.accuracy_i2t, "argmin": sw.argmin}
+
+
+def build_report(image: np.ndarray, text: np.ndarray, pair_image_rows: np.ndarray,
+                 pair_text_rows: np.ndarray, *, dataset: str = "", temperature: float =
+                 loss.CLIP_TEMPERATURE, alphas=None, max_pairs: int = DEFAULT_MAX_PAIRS,
+                 seed: int = 0, normalized_input: Optional[dict] = None,
+                 progress: Progress = None) -> dict:
+    """Compute the report for raw image/text embeddings and their pairing.
+
+    ``pair_image_rows[k]``, ``pair_text_rows[k]`` index pair k (one caption
+    per image). ``progress(message)`` is called before each stage.
+    """
+    say = progress or (lambda msg: None)
+    alphas = loss.default_alphas() if alphas is None else np.asarray(alphas, float)
+    say("modality statistics")
+    s_img = geometry.summarize(image, "image embeddings")
+    s_txt = geometry.summarize(text, "text embeddings")
+    from . import validate
+    validate.same_width(image, text, "image embeddings", "text embeddings")
+    sep = geometry.separability(s_img, s_txt)
+    order = np.argsort(-sep, kind="stable")
+    top2 = [int(order[0]), int(order[1])] if len(order) > 1 else [int(order[0])] * 2
+    say("linear separability")
+    svm = geometry.svm_top2(image, text, top2, seed=seed)
+    lin = geometry.linear_separability(image, text, seed=seed)
+    kl_top = [{"feature": int(f), "kl": geometry.feature_kl(image, text, int(f)).kl}
+              for f in order[:3]]
+    norm = normalized_input or {"image": False, "text": False}
+    rep: dict = {
+        "schema": SCHEMA, "dataset": dataset,
+        "n_images": int(image.shape[0]), "n_texts": int(text.shape[0]),
+        "n_pairs": int(len(pair_image_rows)), "dim": int(image.shape[1]),
+        "normalized_input": bool(norm.get("image") or norm.get("text")),
+        "normalized_input_by_modality": {"image": bool(norm.get("image")),
+                                         "text": bool(norm.get("text"))},
+        "temperature": float(temperature),
+        "separability": {
+            "per_feature": sep,
+            "top": [{"feature": int(f), "sep": float(sep[f])} for f in order[:10]],
+            "n_above_1": int(np.sum(sep > 1)),
+            "svm_top2": {"features": svm.features, "accuracy": svm.accuracy,
+                         "weights": svm.weights, "bias": svm.bias, "n_used": svm.n_used},
+            "linear_accuracy": lin,
+            "kl_top": kl_top,
+        },
+    }
+    say("image shell, ellipsoid, conformity, isotropy")
+    rep["image"] = _modality_section(image, s_img, "image")
+    say("text shell, ellipsoid, conformity, isotropy")
+    rep["text"] = _modality_section(text, s_txt, "text")
+    rep["modality_gap"] = {"centroid_distance": geometry.centroid_distance(s_img, s_txt),
+                           "mean_cosine": float(
+                               s_img.mean @ s_txt.mean
+                               / (np.linalg.norm(s_img.mean) * np.linalg.norm(s_txt.mean)))}
+    say("conformity KL over alpha")
+    kls = conformity.conformity_kl_sweep(image, text, alphas)
+    rep["conformity_kl"] = {"alpha": kls.alpha, "kl": kls.kl, "at_zero": kls.at_zero,
+                            "argmin": kls.argmin, "modality": kls.modality, "bins": kls.bins}
+
+    unavailable = {}
+    n_pairs = len(pair_image_rows)
+    if n_pairs < 2:
+        reason = (f"the dataset has {n_pairs} image-caption pair(s); the loss needs "
+                  "at least 2 (give captions an image, or import paired arrays)")
+        rep["loss"] = None
+        rep["alpha_sweep"] = None
+        rep["logits"] = None
+        unavailable = {"loss": reason, "alpha_sweep": reason, "logits": reason}
+    else:
+        pick = np.arange(n_pairs)
+        if n_pairs > max_pairs:
+            pick = np.sort(np.random.default_rng(seed).choice(n_pairs, max_pairs, replace=False))
+        vi = np.asarray(image[np.asarray(pair_image_rows)[pick]], dtype=np.float32)
+        vt = np.asarray(text[np.asarray(pair_text_rows)[pick]], dtype=np.float32)
+        say(f"loss on {len(pick)} pairs under four logits")
+        geo = loss.logit_comparison(vi, vt, temperature)
+        cos = geo["cosine"]
+        rep["loss"] = {"total": cos.total, "alignment": cos.alignment,
+                       "uniformity": cos.uniformity, "accuracy_i2t": cos.accuracy_i2t,
+                       "accuracy_t2i": cos.accuracy_t2i, "loss_correct": cos.loss_correct,
+                       "loss_misclassified": cos.loss_misclassified,
+                       "n_pairs_used": int(len(pick)), "sampled": bool(len(pick) < n_pairs),
+                       "seed": int(seed)}
+        rep["logits"] = {k: {"total": r.total, "alignment": r.alignment,
+                             "uniformity": r.uniformity, "accuracy_i2t": r.accuracy_i2t,
+                             "accuracy_t2i": r.accuracy_t2i} for k, r in geo.items()}
+        rep["alpha_sweep"] = {}
+        for mod in ("image", "text", "both"):
+            say(f"alpha sweep ({mod})")
+            rep["alpha_sweep"][mod] = _sweep_dict(
+                loss.alpha_sweep(vi, vt, alphas, mod, temperature))
+    if norm.get("image") or norm.get("text"):
+        unavailable["thin_shell"] = ("input arrived L2-normalised: norm statistics describe "
+                                     "the unit sphere, not the raw shell")
+    rep["unavailable"] = unavailable
+    return _clean(rep)
+
+
+def report_for_dataset(ds, **kwargs) -> dict:
+    """:func:`build_report` on a :class:`clipgeom.store.Dataset`."""
+    ii, tt = ds.pairs()
+    return build_report(ds.image_emb, ds.text_emb, ii, tt, dataset=ds.name,
+                        normalized_input=ds.normalized_input, **kwargs)
+
+
+def summary_text(rep: dict) -> str:
+    """A short human-readable summary of a report (the CLI's default output)."""
+    def f(x, fmt=".4g"):
+        return "n/a" if x is None else format(x, fmt)
+
+    sep = rep["separability"]
+    lines = [
+        f"dataset {rep['dataset']}: {rep['n_images']} images, {rep['n_texts']} texts, "
+        f"{rep['n_pairs']} pairs, dim {rep['dim']}"
+        + ("  [input was L2-normalised]" if rep["normalized_input"] else ""),
+        f"separability: {sep['n_above_1']} features with Sep > 1; top {sep['top'][0]['feature']}"
+        f" (Sep {f(sep['top'][0]['sep'])}); SVM on top two {f(sep['svm_top2']['accuracy'], '.1%')},"
+        f" logistic on all {f(sep['linear_accuracy'], '.1%')}",
+    ]
+    for mod in ("image", "text"):
+        m = rep[mod]
+        lines.append(
+            f"{mod}: shell mu_norm {f(m['mean_norm'])}, var(y) {f(m['norm_var'])}, "
+            f"sqrt(E||x||^2) {f(m['rms_norm'])} (rel. err {f(m['rms_rel_error'], '.2%')}); "
+            f"||m||/||sigma|| {f(m['mean_over_sigma'], '.3f')}; conformity a {f(m['conformity']['a'])}"
+            f" b {f(m['conformity']['b'])} pearson {f(m['conformity']['pearson'], '.5f')}; "
+            f"I1 {f(m['isotropy']['I1'], '.3f')} I2 {f(m['isotropy']['I2'], '.3f')}")
+    if rep["loss"]:
+        lo = rep["loss"]
+        lines.append(f"loss (tau {rep['temperature']}, {lo['n_pairs_used']} pairs): total "
+                     f"{f(lo['total'])} = alignment {f(lo['alignment'])} + uniformity "
+                     f"{f(lo['uniformity'])}; top-1 i2t {f(lo['accuracy_i2t'], '.1%')} "
+                     f"t2i {f(lo['accuracy_t2i'], '.1%')}")
+        lines.append("alpha-shift argmin: " + ", ".join(
+            f"{k} {f(v['argmin'], '.2f')}" for k, v in rep["alpha_sweep"].items()))
+    else:
+        lines.append(f"loss: unavailable ({rep['unavailable'].get('loss')})")
+    lines.append(f"conformity KL(image||text) at alpha 0: {f(rep['conformity_kl']['at_zero'])}, "
+                 f"argmin alpha {f(rep['conformity_kl']['argmin'], '.2f')}")
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""Tests for clipgeom.interpolate against analytic paths."""
+
+import numpy as np
+import pytest
+
+from clipgeom.errors import InputError
+from clipgeom.interpolate import slerp, vslerp
+
+
+def _angle(u, v):
+    return np.arccos(np.clip(u @ v / np.linalg.norm(u) / np.linalg.norm(v), -1, 1))
+
+
+def test_slerp_analytic_quarter_circle_with_linear_norm():
+    a = np.array([1.0, 0.0, 0.0])
+    b = np.array([0.0, 3.0, 0.0])
+    t = np.linspace(0, 1, 9)
+    path = slerp(a, b, t)
+    expected = (1 + 2 * t)[:, None] * np.column_stack(
+        [np.cos(t * np.pi / 2), np.sin(t * np.pi / 2), np.zeros_like(t)])
+    np.testing.assert_allclose(path, expected, atol=1e-12)
+
+
+def test_slerp_endpoints_constant_speed_and_norm():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=32) * 2, rng.normal(size=32) + 1
+    np.testing.assert_allclose(slerp(a, b, 0.0), a, atol=1e-12)
+    np.testing.assert_allclose(slerp(a, b, 1.0), b, atol=1e-12)
+    t = np.linspace(0, 1, 11)
+    path = slerp(a, b, t)
+    steps = [_angle(path[i], path[i + 1]) for i in range(10)]
+    np.testing.assert_allclose(steps, _angle(a, b) / 10, rtol=1e-9)
+    np.testing.assert_allclose(np.linalg.norm(path, axis=1),
+                               (1 - t) * np.linalg.norm(a) + t * np.linalg.norm(b), rtol=1e-12)
+    # The path stays in the plane of a and b.
+    basis = np.linalg.qr(np.column_stack([a, b]))[0]
+    np.testing.assert_allclose(path - path @ basis @ basis.T, 0.0, atol=1e-12)
+    assert slerp(a, b, 0.5).shape == (32,)
+
+
+def test_slerp_nearly_parallel_and_opposite():
+    a = np.array([1.0, 2.0, 3.0])
+    out = slerp(a, 2.5 * a, np.array([0.0, 0.5, 1.0]))
+    np.testing.assert_allclose(out, np.outer([1.0, 1.75, 2.5], a), atol=1e-12)
+    b = a + np.array([1e-9, 0.0, 0.0])
+    out = slerp(a, b, 0.5)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, (a + b) / 2, atol=1e-12)
+    with pytest.raises(InputError, match="opposite"):
+        slerp(a, -a, 0.5)
+    with pytest.raises(InputError, match="between 0 and 1"):
+        slerp(a, b, 1.5)
+    with pytest.raises(InputError, match="all-zero"):
+        slerp(a, np.zeros(3), 0.5)
+
+
+def test_vslerp_alpha_zero_is_slerp_and_alpha_one_rotates_around_mean():
+    rng = np.random.default_rng(1)
+    a, b, m = rng.normal(size=8), rng.normal(size=8), rng.normal(size=8) * 5
+    t = np.linspace(0, 1, 7)
+    np.testing.assert_allclose(vslerp(a, b, t, 0.0, m), slerp(a, b, t), atol=1e-12)
+    # a = m + u, b = m + w with u, w orthogonal and of equal length r:
+    # the path is m + r (cos(t pi/2) u^ + sin(t pi/2) w^).
+    q = np.linalg.qr(rng.normal(size=(8, 2)))[0]
+    r = 2.0
+    u, w = r * q[:, 0], r * q[:, 1]
+    path = vslerp(m + u, m + w, t, 1.0, m)
+    expected = m + np.outer(np.cos(t * np.pi / 2), u) + np.outer(np.sin(t * np.pi / 2), w)
+    np.testing.assert_allclose(path, expected, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(path - m, axis=1), r, atol=1e-12)
+    with pytest.raises(InputError, match="mean"):
+        vslerp(a, b, 0.5, 1.0, m[:4])
