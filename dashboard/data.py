@@ -1,0 +1,87 @@
+"""Which dataset is open, loaded once per session and cached by fingerprint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import streamlit as st
+
+from clipgeom import report, store, synthetic
+
+SYNTHETIC = "synthetic (generated two-shell data)"
+SYNTHETIC_PARAMS = {"n": 2000, "dim": 64, "seed": 0}
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """Arrays and metadata of the dataset the user picked."""
+
+    name: str
+    image: np.ndarray
+    text: np.ndarray
+    pair_image_rows: np.ndarray
+    pair_text_rows: np.ndarray
+    fingerprint: str
+    synthetic: bool
+    model: str
+    normalized_input: dict = field(default_factory=dict)
+    source: dict = field(default_factory=dict)
+
+
+def dataset_names() -> list[str]:
+    """User and bundled datasets that open, then the synthetic generator."""
+    names = [r["name"] for r in store.list_datasets() if not r.get("error")]
+    return names + [SYNTHETIC]
+
+
+@st.cache_resource(show_spinner=False)
+def _open_synthetic(n: int, dim: int, seed: int) -> Loaded:
+    data = synthetic.two_shells(n, dim, seed=seed)
+    rows = np.arange(n)
+    return Loaded(name=SYNTHETIC, image=data.image, text=data.text, pair_image_rows=rows,
+                  pair_text_rows=rows, fingerprint=f"synthetic-{n}-{dim}-{seed}",
+                  synthetic=True, model="none: synthetic Gaussian shells",
+                  normalized_input={"image": False, "text": False},
+                  source={"kind": "synthetic", **SYNTHETIC_PARAMS})
+
+
+@st.cache_resource(show_spinner=False)
+def _open_stored(name: str, fingerprint: str) -> Loaded:
+    ds = store.open_dataset(name)
+    ii, tt = ds.pairs()
+    model = ds.model or {}
+    desc = model.get("name") or model.get("checkpoint_sha256") or "unknown"
+    if model.get("pretrained"):
+        desc += f" ({model['pretrained']})"
+    source = ds.manifest.get("source") or {}
+    return Loaded(name=name, image=ds.image_emb, text=ds.text_emb, pair_image_rows=ii,
+                  pair_text_rows=tt, fingerprint=ds.fingerprint,
+                  synthetic=source.get("kind") == "synthetic", model=desc,
+                  normalized_input=ds.normalized_input, source=source)
+
+
+def open_dataset(name: str) -> Loaded:
+    if name == SYNTHETIC:
+        return _open_synthetic(**SYNTHETIC_PARAMS)
+    # The fingerprint in the key makes a re-imported dataset load afresh.
+    fp = store.open_dataset(name).fingerprint
+    return _open_stored(name, fp)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def cached_report(fingerprint: str, _data: Loaded, temperature: float,
+                  max_pairs: int) -> dict:
+    """The report for one dataset and parameters, computed once per fingerprint."""
+    bar = st.progress(0.0, text="computing the geometry report…")
+    stages = iter(range(1, 100))
+
+    def progress(msg: str) -> None:
+        bar.progress(min(next(stages) / 10, 1.0), text=f"computing: {msg}…")
+
+    rep = report.build_report(_data.image, _data.text, _data.pair_image_rows,
+                              _data.pair_text_rows, dataset=_data.name,
+                              temperature=temperature, max_pairs=max_pairs,
+                              normalized_input=_data.normalized_input, progress=progress)
+    bar.empty()
+    return rep

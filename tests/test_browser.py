@@ -1,0 +1,118 @@
+"""The running dashboard in a real browser (headless Chromium via Playwright).
+
+Skips with a reason where Chromium is absent (a user's laptop); in CI
+(CI=true) a missing browser is a failure. Screenshots land in
+test-artifacts/ for a person to look at.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = os.environ.get("CLIPGEOM_CHROMIUM") or shutil.which("chromium") \
+    or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+pytestmark = pytest.mark.browser
+
+
+def _need_browser():
+    if CHROMIUM:
+        return
+    if os.environ.get("CI"):
+        pytest.fail("CI must run the browser test: install Debian's chromium package")
+    pytest.skip("no Chromium found (apt-get install chromium, or set CLIPGEOM_CHROMIUM)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    _need_browser()
+    home = tmp_path_factory.mktemp("home")
+    port = _free_port()
+    env = dict(os.environ, CLIPGEOM_HOME=str(home), PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
+         "--server.headless", "true", "--server.address", "127.0.0.1",
+         "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(url + "/_stcore/health", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+                    pytest.fail(f"streamlit did not start:\n{out[-3000:]}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def _wait_for_run(page, timeout_s=180):
+    """Wait until Streamlit has finished running the script."""
+    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_s * 1000)
+    deadline = time.time() + timeout_s
+    time.sleep(1.0)
+    while time.time() < deadline:
+        running = page.locator('[data-testid="stStatusWidget"]').count()
+        if not running:
+            return
+        time.sleep(0.5)
+    raise AssertionError("the app was still running after the timeout")
+
+
+def _assert_no_errors(page):
+    assert page.locator('[data-testid="stException"]').count() == 0, \
+        page.locator('[data-testid="stException"]').first.inner_text()
+    errors = page.locator('[data-testid="stAlertContentError"]')
+    assert errors.count() == 0, errors.first.inner_text()
+    assert "Traceback" not in page.content()
+
+
+def test_home_page_renders_charts_without_errors(app_url, browser):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.goto(app_url)
+    _wait_for_run(page)
+    page.wait_for_selector(".js-plotly-plot", timeout=120_000)
+    _assert_no_errors(page)
+    assert page.get_by_text("SYNTHETIC DATA").count() >= 1
+    assert page.locator(".js-plotly-plot").count() == 2
+    assert page.get_by_text("Separable features").count() >= 1
+    page.screenshot(path=str(ARTIFACTS / "home.png"), full_page=True)
+    page.close()

@@ -1,0 +1,183 @@
+"""The report contract and the CLI, end to end on imported arrays."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from clipgeom import synthetic
+from clipgeom.__main__ import main
+
+from brute import clip_loss, conformity as brute_conformity
+
+CONTRACT = {
+    "top": ["schema", "dataset", "n_images", "n_texts", "n_pairs", "dim", "normalized_input",
+            "temperature", "separability", "image", "text", "loss", "alpha_sweep",
+            "conformity_kl", "modality_gap"],
+    "separability": ["per_feature", "top", "n_above_1", "svm_top2", "linear_accuracy"],
+    "modality": ["mean_norm", "norm_var", "rms_norm", "rms_rel_error", "shell_radius",
+                 "shell_std", "mean_over_sigma", "variance", "odd", "top_offset_features",
+                 "conformity", "isotropy"],
+    "loss": ["total", "alignment", "uniformity", "accuracy_i2t", "accuracy_t2i",
+             "loss_correct", "loss_misclassified"],
+}
+
+
+@pytest.fixture
+def imported(tmp_path, clipgeom_home, capsys):
+    data = synthetic.two_shells(300, 24, seed=3)
+    np.save(tmp_path / "img.npy", data.image)
+    np.save(tmp_path / "txt.npy", data.text)
+    (tmp_path / "caps.txt").write_text("".join(f"caption {k}\n" for k in range(300)))
+    rc = main(["import", "demo2", "--image-emb", str(tmp_path / "img.npy"),
+               "--text-emb", str(tmp_path / "txt.npy"), "--captions", str(tmp_path / "caps.txt")])
+    assert rc == 0
+    capsys.readouterr()
+    return data
+
+
+def test_report_json_contract_and_values(imported, capsys):
+    rc = main(["report", "demo2", "--json", "--quiet", "--temperature", "0.05"])
+    assert rc == 0
+    rep = json.loads(capsys.readouterr().out)
+    for k in CONTRACT["top"]:
+        assert k in rep, k
+    for k in CONTRACT["separability"]:
+        assert k in rep["separability"]
+    for mod in ("image", "text"):
+        for k in CONTRACT["modality"]:
+            assert k in rep[mod], (mod, k)
+        for k in ("mean", "a", "b", "pearson", "theory_a"):
+            assert k in rep[mod]["conformity"]
+        assert set(rep[mod]["isotropy"]) >= {"I1", "I2"}
+    for k in CONTRACT["loss"]:
+        assert k in rep["loss"]
+    assert rep["schema"] == "clipgeom.report/1"
+    assert (rep["n_images"], rep["n_texts"], rep["n_pairs"], rep["dim"]) == (300, 300, 300, 24)
+    assert rep["normalized_input"] is False
+    assert len(rep["separability"]["per_feature"]) == 24
+    assert len(rep["separability"]["top"]) == 10
+    # values against independent computations
+    img = imported.image.astype(np.float64)
+    txt = imported.text.astype(np.float64)
+    sep = np.abs(img.mean(0) - txt.mean(0)) / np.sqrt(img.var(0) + txt.var(0))
+    assert rep["separability"]["n_above_1"] == int(np.sum(sep > 1))
+    assert rep["separability"]["top"][0]["feature"] == int(np.argmax(sep))
+    ref = clip_loss(img, txt, 0.05)
+    assert rep["loss"]["total"] == pytest.approx(ref["total"], rel=1e-5)
+    assert rep["loss"]["accuracy_i2t"] == pytest.approx(ref["acc_i2t"])
+    assert rep["image"]["conformity"]["mean"] == pytest.approx(brute_conformity(img).mean(),
+                                                               abs=1e-6)
+    cn = np.linalg.norm(img - img.mean(0), axis=1)
+    assert rep["image"]["mean_norm"] == pytest.approx(cn.mean(), rel=1e-6)
+    assert rep["image"]["norm_var"] == pytest.approx(cn.var(), rel=1e-5)
+    assert rep["modality_gap"]["centroid_distance"] == pytest.approx(
+        np.linalg.norm(img.mean(0) - txt.mean(0)), rel=1e-6)
+    sw = rep["alpha_sweep"]["both"]
+    assert sw["alpha"] == pytest.approx(list(np.round(np.arange(-10, 11) / 10, 10)))
+    k = 13   # alpha = 0.3
+    assert sw["total"][k] == pytest.approx(clip_loss(img, txt, 0.05, ai=0.3, at=0.3)["total"],
+                                           rel=1e-5)
+    assert sw["argmin"] == sw["alpha"][int(np.argmin(sw["total"]))]
+    assert rep["conformity_kl"]["at_zero"] == rep["conformity_kl"]["kl"][10]
+
+
+def test_report_text_summary_and_subprocess_entry(imported, clipgeom_home):
+    out = subprocess.run([sys.executable, "-m", "clipgeom", "report", "demo2", "--quiet"],
+                         capture_output=True, text=True, env=_env(clipgeom_home))
+    assert out.returncode == 0, out.stderr
+    assert "separability:" in out.stdout and "alpha-shift argmin" in out.stdout
+
+
+def _env(home):
+    import os
+    from pathlib import Path
+    env = dict(os.environ, CLIPGEOM_HOME=str(home))
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    return env
+
+
+def test_conformity_csv(imported, capsys):
+    assert main(["conformity", "demo2", "--modality", "text", "--csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "id,exact,estimated,cos_to_mean,caption"
+    assert len(lines) == 301
+    first = lines[1].split(",")
+    assert first[4] == "caption 0"
+    assert float(first[1]) == pytest.approx(brute_conformity(imported.text)[0], abs=1e-5)
+
+
+def test_unpaired_dataset_reports_null_loss_with_reason(tmp_path, clipgeom_home, capsys, rng):
+    np.save(tmp_path / "i.npy", rng.standard_normal((50, 8)).astype(np.float32) + 1)
+    np.save(tmp_path / "t.npy", rng.standard_normal((30, 8)).astype(np.float32) - 1)
+    assert main(["import", "unpaired", "--image-emb", str(tmp_path / "i.npy"),
+                 "--text-emb", str(tmp_path / "t.npy")]) == 0
+    capsys.readouterr()
+    assert main(["report", "unpaired", "--json", "--quiet"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["n_pairs"] == 0
+    assert rep["loss"] is None and rep["alpha_sweep"] is None
+    assert "pair" in rep["unavailable"]["loss"]
+    assert rep["image"]["conformity"]["pearson"] is not None
+
+
+def test_normalised_input_is_flagged(tmp_path, clipgeom_home, capsys, rng):
+    x = rng.standard_normal((40, 8))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    np.save(tmp_path / "i.npy", x.astype(np.float32))
+    np.save(tmp_path / "t.npy", (x + 0.1).astype(np.float32))
+    assert main(["import", "normed", "--image-emb", str(tmp_path / "i.npy"),
+                 "--text-emb", str(tmp_path / "t.npy")]) == 0
+    assert "already L2-normalised" in capsys.readouterr().out
+    assert main(["report", "normed", "--json", "--quiet"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["normalized_input"] is True
+    assert rep["normalized_input_by_modality"] == {"image": True, "text": False}
+    assert "sphere" in rep["unavailable"]["thin_shell"]
+
+
+@pytest.mark.parametrize("case", ["nan", "width", "pickle", "one_d", "missing", "captions"])
+def test_cli_bad_input_exits_nonzero_with_message(case, tmp_path, clipgeom_home, capsys, rng):
+    img = rng.standard_normal((20, 6)).astype(np.float32)
+    txt = rng.standard_normal((20, 6)).astype(np.float32)
+    extra = []
+    if case == "nan":
+        img[7, 2] = np.nan
+    elif case == "width":
+        txt = txt[:, :5]
+    elif case == "one_d":
+        img = img[:, 0]
+    elif case == "captions":
+        (tmp_path / "c.txt").write_text("only\ntwo\n")
+        extra = ["--captions", str(tmp_path / "c.txt")]
+    np.save(tmp_path / "i.npy", img)
+    if case == "pickle":
+        np.save(tmp_path / "t.npy", np.array([{"a": 1}] * 20, dtype=object), allow_pickle=True)
+    else:
+        np.save(tmp_path / "t.npy", txt)
+    args = ["import", "bad", "--image-emb", str(tmp_path / "i.npy"),
+            "--text-emb", str(tmp_path / ("nope.npy" if case == "missing" else "t.npy"))] + extra
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("clipgeom: error:")
+    expected = {"nan": "row 7", "width": "features", "pickle": "pickle",
+                "one_d": "2-D", "missing": "nope.npy", "captions": "c.txt"}[case]
+    assert expected in err
+    assert not (clipgeom_home / "datasets" / "bad").exists()   # nothing half-written
+
+
+def test_report_on_missing_dataset(clipgeom_home, capsys):
+    assert main(["report", "nothing-here", "--json"]) == 2
+    assert "nothing-here" in capsys.readouterr().err
+
+
+def test_synthetic_command_and_list(clipgeom_home, capsys):
+    assert main(["synthetic", "syn", "--n", "100", "--dim", "8"]) == 0
+    assert "SYNTHETIC" in capsys.readouterr().out
+    assert main(["list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["syn"]
+    assert main(["synthetic", "syn", "--n", "100", "--dim", "8"]) == 2   # exists, no overwrite
+    assert "already exists" in capsys.readouterr().err
