@@ -315,3 +315,33 @@ def blur_experiment(center, *, n: int = 1000, dim: int = 512, seed: int = 0
     cos_far = np.delete(u @ u[far], far)
     return BlurResult(center=c, cos_to_mean=cos_m, cos_to_extreme=cos_far,
                       extreme_index=far)
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Counts on bin edges, ready to draw as bars."""
+
+    edges: np.ndarray
+    counts: np.ndarray
+
+
+def histogram(values, bins: int = 60, range_=None) -> Histogram:
+    """np.histogram of any 1-D sample (norms, variances, ODD, conformity)."""
+    counts, edges = np.histogram(np.asarray(values, np.float64), bins=bins, range=range_)
+    return Histogram(edges=edges, counts=counts)
+
+
+def norm_histograms(summary: ModalitySummary, bins: int = 60) -> dict[str, Histogram]:
+    """Histograms of ||v - m|| (Fig. 4 bottom, the thin shell) and of raw ||v||.
+
+    The centred histogram starts at 0 so the empty region near the mean, the
+    mark of a thin shell, is visible.
+    """
+    c = summary.centered_norms
+    return {"centered": histogram(c, bins, (0.0, float(c.max()) * 1.05)),
+            "raw": histogram(summary.norms, bins)}
+
+
+def variance_spectrum(summary: ModalitySummary) -> np.ndarray:
+    """Per-feature variances sorted high to low (Fig. 5 left: a long tail = ellipsoid)."""
+    return np.sort(summary.variance)[::-1]

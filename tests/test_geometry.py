@@ -106,3 +106,16 @@ def test_summarize_rejects_bad_arrays():
     x[2, 0] = np.inf
     with pytest.raises(InputError, match="row 2"):
         geometry.summarize(x, "image embeddings")
+
+
+def test_norm_histograms_and_variance_spectrum(rng):
+    x = (rng.standard_normal((3000, 50)) * np.linspace(0.5, 3, 50) + 4).astype(np.float32)
+    s = geometry.summarize(x)
+    h = geometry.norm_histograms(s, bins=30)
+    assert h["centered"].counts.sum() == 3000 and h["raw"].counts.sum() == 3000
+    assert h["centered"].edges[0] == 0.0
+    # thin shell: nothing near the mean
+    cn = np.linalg.norm(x - x.astype(np.float64).mean(0), axis=1)
+    assert h["centered"].counts[: int(30 * cn.min() / h["centered"].edges[-1])].sum() == 0
+    spec = geometry.variance_spectrum(s)
+    np.testing.assert_allclose(spec, np.sort(x.astype(np.float64).var(0))[::-1], rtol=1e-6)
