@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import sys
+from pathlib import Path
 
 from .errors import ClipgeomError
 
@@ -63,7 +64,7 @@ def _cmd_synthetic(args) -> int:
     images = pd.DataFrame({"image_id": [f"img{k:06d}" for k in range(args.n)],
                            "source": [f"synthetic:{k}" for k in range(args.n)]})
     ds = store.create_dataset(args.name, data.image, data.text, images, texts,
-                              model={"name": "synthetic two-shell generator"},
+                              model={"kind": "none", "name": "synthetic two-shell generator"},
                               source={"kind": "synthetic", "generator": "two_shells",
                                       "n": args.n, "dim": args.dim, "seed": args.seed},
                               overwrite=args.overwrite)
@@ -114,6 +115,162 @@ def _cmd_delete(args) -> int:
     return 0
 
 
+class _Bars:
+    """tqdm bars per stage for (stage, done, total) progress callbacks (items/s, ETA)."""
+
+    def __init__(self):
+        self.bars = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit="item",
+                                          file=sys.stderr, dynamic_ncols=True)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    def close(self):
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _job_options(args):
+    from .job import JobOptions
+
+    return JobOptions(device=args.device, batch_size=args.batch_size, workers=args.workers,
+                      chunk_rows=args.chunk_rows, strict=args.strict, resume=args.resume,
+                      overwrite=args.overwrite, build_index=not args.no_index)
+
+
+def _spec(args):
+    from .embed import ModelSpec
+
+    return ModelSpec(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint)
+
+
+def _run_job(args, items) -> int:
+    from . import job
+
+    for s in items.skipped[:20]:
+        print(f"skipped {s.item}: {s.reason}", file=sys.stderr)
+    if len(items.skipped) > 20:
+        print(f"... and {len(items.skipped) - 20} more skipped (listed in the manifest)",
+              file=sys.stderr)
+    bars = _Bars()
+    try:
+        ds = job.run(args.name, items, _spec(args), _job_options(args), progress=bars)
+    finally:
+        bars.close()
+    skipped = ds.manifest.get("skipped") or []
+    print(f"embedded {ds.name}: {ds.n_images} images, {ds.n_texts} captions, dim {ds.dim}, "
+          f"{len(ds.pairs()[0])} pairs, {len(skipped)} skipped -> {ds.path}")
+    trunc = (ds.manifest.get("embedding") or {}).get("truncated_captions")
+    if trunc:
+        print(f"warning: {trunc} caption(s) were longer than the model's context and truncated",
+              file=sys.stderr)
+    return 0
+
+
+def _cmd_embed(args) -> int:
+    from . import ingest
+
+    if args.zip:
+        import shutil
+        import tempfile
+
+        from . import store
+
+        # Extracted beside the datasets (same disk), removed when the job ends.
+        uploads = store.home() / "uploads"
+        uploads.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f"{args.name}-", dir=uploads))
+        try:
+            items = ingest.from_zip(args.zip, work, strict=args.strict)
+            return _run_job(args, items)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    if not args.images:
+        raise ClipgeomError("give --images DIR (with --captions FILE) or --zip FILE.")
+    items = ingest.from_folder(args.images, args.captions, strict=args.strict)
+    return _run_job(args, items)
+
+
+def _cmd_coco(args) -> int:
+    from . import ingest
+
+    items = ingest.from_coco(args.annotations, args.images, limit=args.limit,
+                             strict=args.strict)
+    return _run_job(args, items)
+
+
+def _cmd_fetch_coco(args) -> int:
+    from . import fetch
+
+    kwargs = {}
+    if args.annotations_url:
+        kwargs["annotations_url"] = args.annotations_url
+    if args.images_url:
+        kwargs["images_base_url"] = args.images_url
+    bars = _Bars()
+    try:
+        result = fetch.fetch_coco(args.dir, split=args.split, limit=args.limit,
+                                  progress=lambda d, t, label: bars(label, d, t), **kwargs)
+    finally:
+        bars.close()
+    ann, images = result
+    for s in result.failed:
+        print(f"not downloaded: {s}", file=sys.stderr)
+    print(f"annotations: {ann}\nimages: {images}\nnext: python -m clipgeom coco NAME "
+          f"--annotations {ann} --images {images}")
+    return 0
+
+
+def _cmd_index(args) -> int:
+    from . import index, store
+
+    ds = store.open_dataset(args.name)
+    mods = ("image", "text") if args.modality == "both" else (args.modality,)
+    for m in mods:
+        info = index.build_index(ds, m, force=args.force)
+        print(f"{ds.name} {m}: {info.kind} index of {info.n} vectors "
+              f"({info.build_seconds:.1f} s) in {ds.index_dir}")
+    return 0
+
+
+def _cmd_search(args) -> int:
+    from . import index, search, store
+
+    ds = store.open_dataset(args.name)
+    res = search.run_query(ds, text=args.text, image=args.image, item=args.item,
+                           item_modality=args.item_modality, target=args.target, k=args.k,
+                           device=args.device)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    print(f"query: {res['query']}  ->  {res['target']} ({res['index_kind']} index)")
+    for r in res["results"]:
+        print(f"{r['rank']:>3}  {r['score']:.4f}  {r['id']}  {r['label']}")
+    return 0
+
+
+def _add_job_args(s):
+    s.add_argument("--model", default="ViT-B-32",
+                   help="open_clip architecture, or a model config .json")
+    s.add_argument("--pretrained", default=None, help="open_clip pretrained tag, e.g. openai")
+    s.add_argument("--checkpoint", default=None, help="local weights file for --model")
+    s.add_argument("--batch-size", type=int, default=None)
+    s.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: auto)")
+    s.add_argument("--workers", type=int, default=None, help="image decoding processes")
+    s.add_argument("--chunk-rows", type=int, default=1024, help="rows per resumable chunk")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted job")
+    s.add_argument("--strict", action="store_true", help="stop at the first bad item")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--no-index", action="store_true", help="skip building FAISS indexes")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clipgeom", description=(
         "Geometry of CLIP embeddings before normalisation. Datasets live under "
@@ -158,6 +315,51 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--modality", choices=("image", "text"), default="image")
     s.add_argument("--csv", action="store_true", help="CSV output (the only format)")
     s.set_defaults(func=_cmd_conformity)
+
+    s = sub.add_parser("embed", help="embed a folder of images + captions (raw, float32)")
+    s.add_argument("name")
+    s.add_argument("--images", help="folder of images")
+    s.add_argument("--captions", help="CSV/TSV/JSONL with columns image, caption [, label]")
+    s.add_argument("--zip", help="one zip with the same layout (instead of --images)")
+    _add_job_args(s)
+    s.set_defaults(func=_cmd_embed)
+
+    s = sub.add_parser("coco", help="embed MS-COCO (captions JSON + image folder)")
+    s.add_argument("name")
+    s.add_argument("--annotations", required=True, help="captions_val2017.json")
+    s.add_argument("--images", required=True, help="folder with the COCO images")
+    s.add_argument("--limit", type=int, default=None, help="first N images, all captions")
+    _add_job_args(s)
+    s.set_defaults(func=_cmd_coco)
+
+    s = sub.add_parser("fetch-coco", help="download COCO captions + the first N images")
+    s.add_argument("dir")
+    s.add_argument("--split", default="val2017")
+    s.add_argument("--limit", type=int, default=None)
+    s.add_argument("--annotations-url", default=None, help=argparse.SUPPRESS)
+    s.add_argument("--images-url", default=None, help=argparse.SUPPRESS)
+    s.set_defaults(func=_cmd_fetch_coco)
+
+    s = sub.add_parser("index", help="build the FAISS indexes of a dataset")
+    s.add_argument("name")
+    s.add_argument("--modality", choices=("image", "text", "both"), default="both")
+    s.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    s.set_defaults(func=_cmd_index)
+
+    s = sub.add_parser("search", help="nearest neighbours by text, image file or item")
+    s.add_argument("name")
+    q = s.add_mutually_exclusive_group(required=True)
+    q.add_argument("--text", help="free text, embedded with the dataset's model")
+    q.add_argument("--image", help="an image file, embedded with the dataset's model")
+    q.add_argument("--item", type=int, help="row number of an item of the dataset")
+    s.add_argument("--item-modality", choices=("image", "text"), default="image")
+    s.add_argument("--target", choices=("image", "text"), default=None,
+                   help="modality to search (default: image for text queries, "
+                        "text for image queries, the same as the item's for --item)")
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--device", default=None)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_search)
 
     s = sub.add_parser("delete", help="delete a user dataset")
     s.add_argument("name")

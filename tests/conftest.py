@@ -25,3 +25,42 @@ def clipgeom_home(tmp_path, monkeypatch):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+TINY_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
+                   "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
+                 "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_config(tmp_path_factory):
+    """A tiny open_clip config JSON (random weights, builds offline in ~1 s)."""
+    import json
+
+    path = tmp_path_factory.mktemp("models") / "tiny-clip-test.json"
+    path.write_text(json.dumps(TINY_CONFIG))
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """12 small generated PNG/JPEG images and a captions CSV (2 captions for img0)."""
+    from PIL import Image, ImageDraw
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    colours = ["red", "green", "blue", "yellow", "purple", "orange"]
+    rows = ["image,caption"]
+    for k in range(12):
+        img = Image.new("RGB", (40 + 3 * k, 36), "white")
+        ImageDraw.Draw(img).ellipse([4, 4, 20 + k, 30], fill=colours[k % 6])
+        ext = "png" if k % 2 else "jpg"
+        img.save(root / f"img{k}.{ext}")
+        rows.append(f"img{k}.{ext},a {colours[k % 6]} circle number {k}")
+    rows.append("img0.jpg,another caption of the first image")
+    (tmp_path / "captions.csv").write_text("\n".join(rows) + "\n")
+    return root, tmp_path / "captions.csv"

@@ -1,0 +1,207 @@
+"""Train the demo CLIP on the generated world, from scratch, on CPU.
+
+``python -m clipgeom demo train`` reproduces the shipped model: an open_clip
+CLIP with the small custom config ``demo-clip.json`` (ViT: 64 px, patch 8,
+width 128, 3 layers; text transformer: width 64, 3 layers, context 32;
+embed_dim 64), trained with open_clip's ``ClipLoss`` and a learnable logit
+scale, seeded. Raw embeddings of a fixed held-out set are recorded at a few
+steps (step 0 = random initialisation included) so the dashboard can show
+the geometry forming.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from . import world as W
+
+CONFIG = Path(__file__).with_name("demo-clip.json")
+ARCH = "demo-clip"
+MEAN = (0.48145466, 0.4578275, 0.40821073)     # open_clip's (OpenAI) normalisation
+STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup: int = 150
+    n_train: int = 30000
+    captions_per_image: int = 3
+    n_heldout: int = 1000
+    seed: int = 0
+    train_seed: int = 1          # world seeds: train and held-out worlds differ
+    heldout_seed: int = 2
+    snapshot_steps: list = field(default_factory=lambda: [0, 100, 300, 800, 1600, -1])
+    threads: Optional[int] = None
+
+
+def build_model():
+    import open_clip
+
+    open_clip.add_model_config(CONFIG)
+    model = open_clip.create_model(ARCH, pretrained=None)
+    tokenizer = open_clip.get_tokenizer(ARCH)
+    return model, tokenizer
+
+
+def to_pixels(images_u8: np.ndarray) -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> normalised float [B, 3, H, W] (open_clip's preprocessing
+    of a 64 px image: resize and crop are the identity)."""
+    x = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@torch.inference_mode()
+def raw_embeddings(model, tokenizer, images_u8: np.ndarray, captions: list[str],
+                   batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    img, txt = [], []
+    for s in range(0, len(captions), batch):
+        img.append(model.encode_image(to_pixels(images_u8[s:s + batch]), normalize=False))
+        txt.append(model.encode_text(tokenizer(captions[s:s + batch]), normalize=False))
+    return (torch.cat(img).float().numpy(), torch.cat(txt).float().numpy())
+
+
+def evaluate(image_emb: np.ndarray, text_emb: np.ndarray, world: "W.World",
+             caption_rows: np.ndarray) -> dict:
+    """Quality on held-out pairs, judged by the world's own truth.
+
+    ``caption_true_i2t``: share of images whose best-scoring caption (among
+    all held-out captions) is true of the image; ``image_true_t2i``: share of
+    (non-odd) captions whose best-scoring image satisfies them; exact-caption
+    recall@1/@5: the image's own caption ranks first / in the top 5.
+    """
+    u = image_emb / np.linalg.norm(image_emb, axis=1, keepdims=True)
+    t = text_emb / np.linalg.norm(text_emb, axis=1, keepdims=True)
+    sim = u @ t.T
+    n = len(u)
+    best_caption = sim.argmax(1)
+    structs = [world.caption_structs[r] for r in caption_rows]
+    odd = np.array([world.odd[r] for r in caption_rows])
+    i2t = np.mean([W.caption_is_true(structs[c], world.scenes[i])
+                   for i, c in enumerate(best_caption)])
+    best_image = sim.argmax(0)
+    t2i = np.mean([W.caption_is_true(structs[c], world.scenes[best_image[c]])
+                   for c in range(n) if not odd[c]])
+    rank = (sim > np.diag(sim)[:, None]).sum(1)
+    return {"caption_true_i2t": float(i2t), "image_true_t2i": float(t2i),
+            "recall_at_1": float(np.mean(rank < 1)), "recall_at_5": float(np.mean(rank < 5)),
+            "n": int(n)}
+
+
+def heldout_world(cfg: TrainConfig) -> "W.World":
+    return W.generate(cfg.n_heldout, seed=cfg.heldout_seed, captions_per_image=1)
+
+
+def train(cfg: TrainConfig, out_dir: Path, progress: Optional[Callable[[dict], None]] = None
+          ) -> dict:
+    """Train; write ``out_dir/demo-clip.pt`` (fp16 state dict), ``demo-clip.json``,
+    ``snapshots.npz`` and ``training.json`` (config, loss curve, quality)."""
+    import open_clip
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    t0 = time.time()
+    train_world = W.generate(cfg.n_train, seed=cfg.train_seed,
+                             captions_per_image=cfg.captions_per_image)
+    train_images = train_world.images()
+    caption_idx = np.asarray(train_world.caption_image)
+    by_image = [np.flatnonzero(caption_idx == i) for i in range(cfg.n_train)] \
+        if cfg.captions_per_image > 1 else None
+    held = heldout_world(cfg)
+    held_images = held.images()
+    held_rows = np.arange(len(held.captions))
+    held_captions = list(held.captions)
+    gen_s = time.time() - t0
+
+    model, tokenizer = build_model()
+    loss_fn = open_clip.ClipLoss()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "logit_scale" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "logit_scale" in n]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+
+    def lr_at(step):
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * p))
+
+    snap_steps = sorted({cfg.steps if s < 0 else s for s in cfg.snapshot_steps})
+    snapshots, curve = {}, []
+    for step in range(cfg.steps + 1):
+        if step in snap_steps:
+            ie, te = raw_embeddings(model, tokenizer, held_images, held_captions)
+            snapshots[step] = (ie, te)
+            q = evaluate(ie, te, held, held_rows)
+            curve.append({"step": step, "eval": q, "time_s": time.time() - t0})
+            if progress:
+                progress({"step": step, "eval": q})
+        if step == cfg.steps:
+            break
+        model.train()
+        idx = rng.integers(0, cfg.n_train, cfg.batch_size)
+        if by_image is not None:
+            rows = [int(rng.choice(by_image[i])) for i in idx]
+        else:
+            rows = list(idx)
+        caps = [train_world.captions[r] for r in rows]
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        out = model(to_pixels(train_images[idx]), tokenizer(caps))
+        if isinstance(out, dict):
+            img_f, txt_f, scale = out["image_features"], out["text_features"], out["logit_scale"]
+        else:
+            img_f, txt_f, scale = out[0], out[1], out[2]
+        loss = loss_fn(img_f, txt_f, scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():       # as in CLIP: the logit scale is clamped at 100
+            model.logit_scale.clamp_(0, math.log(100))
+        if step % 50 == 0:
+            curve.append({"step": step, "loss": float(loss), "lr": lr_at(step),
+                          "logit_scale": float(model.logit_scale.exp()),
+                          "time_s": time.time() - t0})
+            if progress:
+                progress(curve[-1])
+
+    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    torch.save(state, out_dir / "demo-clip.pt")
+    (out_dir / "demo-clip.json").write_text(CONFIG.read_text())
+    np.savez_compressed(out_dir / "snapshots.npz",
+                        steps=np.array(sorted(snapshots)),
+                        **{f"image_{s}": snapshots[s][0] for s in snapshots},
+                        **{f"text_{s}": snapshots[s][1] for s in snapshots})
+    final = [c for c in curve if "eval" in c][-1]["eval"]
+    summary = {"config": asdict(cfg), "curve": curve, "final": final,
+               "world_generation_s": gen_s, "train_s": time.time() - t0,
+               "torch": torch.__version__, "threads": torch.get_num_threads()}
+    (out_dir / "training.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+if __name__ == "__main__":   # python -m clipgeom.demo.train OUT [steps]
+    import sys
+
+    cfg = TrainConfig()
+    if len(sys.argv) > 2:
+        cfg.steps = int(sys.argv[2])
+    res = train(cfg, Path(sys.argv[1]), progress=lambda d: print(json.dumps(d), flush=True))
+    print(json.dumps(res["final"]))
