@@ -7,8 +7,9 @@ goal vs measured is printed at the end.
 
     .venv/bin/python bench/run_all.py                     # full sizes (several minutes)
     .venv/bin/python bench/run_all.py --quick             # small sizes, a smoke test
-    .venv/bin/python bench/run_all.py --only alpha_sweep report
+    .venv/bin/python bench/run_all.py --only alpha_sweep report   # or alpha_sweep_1thread
     .venv/bin/python bench/run_all.py --repeat 3          # passed to every benchmark
+    .venv/bin/python bench/run_all.py --out /tmp/table.md # also write the table to a file
 """
 
 from __future__ import annotations
@@ -25,16 +26,21 @@ import _common as C
 
 HERE = Path(__file__).resolve().parent
 
-# name -> (full-size extra args, quick extra args)
+# label -> (script in bench/, full-size extra args, quick extra args)
 BENCHMARKS = {
-    "conformity_exact": ([], ["--n", "100000", "--nn-n", "3000"]),
-    "alpha_sweep": ([], ["--n", "3000"]),
-    "report": ([], ["--n", "10000"]),
+    "conformity_exact": ("conformity_exact", [], ["--n", "100000", "--nn-n", "3000"]),
+    "alpha_sweep": ("alpha_sweep", [], ["--n", "3000"]),
+    # The same sweep with torch limited to one thread: shows how much of the
+    # default (two-thread) time is lost to thread synchronisation on a
+    # shared 2-core machine (see docs/benchmarks.md).
+    "alpha_sweep_1thread": ("alpha_sweep", ["--torch-threads", "1"],
+                            ["--n", "3000", "--torch-threads", "1"]),
+    "report": ("report", [], ["--n", "10000"]),
 }
 
 
-def run_one(name: str, extra: list[str]) -> tuple[dict | None, float, int]:
-    cmd = [sys.executable, str(HERE / f"{name}.py"), *extra]
+def run_one(script: str, extra: list[str]) -> tuple[dict | None, float, int]:
+    cmd = [sys.executable, str(HERE / f"{script}.py"), *extra]
     print(f"\n$ {' '.join(cmd)}", flush=True)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -60,6 +66,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     ap.add_argument("--repeat", type=int, default=None,
                     help="passed as --repeat to every benchmark (default: each one's own)")
+    ap.add_argument("--out", default=None, help="also write the results table to this file")
     args = ap.parse_args()
 
     m = C.machine()
@@ -70,30 +77,36 @@ def main() -> None:
 
     results = []
     for name in args.only:
-        full, quick = BENCHMARKS[name]
+        script, full, quick = BENCHMARKS[name]
         extra = list(quick if args.quick else full)
         if args.repeat is not None:
             extra += ["--repeat", str(args.repeat)]
-        res, wall, rc = run_one(name, extra)
+        res, wall, rc = run_one(script, extra)
         results.append((name, res, wall, rc))
 
-    print("\n## Results\n")
-    print(f"{started:%Y-%m-%d %H:%M %Z}; {m['nproc']} cpu ({m['cpu']}), {m['ram_gib']} GiB RAM; "
-          f"load average at the end {C.loadavg()}\n")
-    print("| benchmark | measurement | goal | measured | met | process peak RSS | wall |")
-    print("|---|---|---|---|---|---|---|")
+    lines = [f"{started:%Y-%m-%d %H:%M %Z}; {m['nproc']} cpu ({m['cpu']}), {m['ram_gib']} GiB "
+             f"RAM; load average at the end {C.loadavg()}", "",
+             "| benchmark | measurement | goal | measured | met | process peak RSS | wall |",
+             "|---|---|---|---|---|---|---|"]
     failed = False
     for name, res, wall, rc in results:
         if res is None:
             failed = True
-            print(f"| {name} | (failed, exit code {rc}) | | | **NO** | | {wall:.0f} s |")
+            lines.append(f"| {name} | (failed, exit code {rc}) | | | **NO** | | {wall:.0f} s |")
             continue
-        for i, row in enumerate(res["rows"]):
+        rows = res.get("rows") or [{"what": "(see its output)", "goal": "", "measured": "",
+                                    "ok": None}]
+        for i, row in enumerate(rows):
             first = i == 0
             peak = f"{res['peak_rss_mb']:.0f} MiB" if first else ""
             took = f"{wall:.0f} s" if first else ""
-            print(f"| {name if first else ''} | {row['what']} | {row['goal']} | {row['measured']} "
-                  f"| {mark(row['ok'])} | {peak} | {took} |")
+            lines.append(f"| {name if first else ''} | {row['what']} | {row['goal']} "
+                         f"| {row['measured']} | {mark(row['ok'])} | {peak} | {took} |")
+    table = "\n".join(lines) + "\n"
+    print("\n## Results\n")
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table)
     sys.exit(1 if failed else 0)
 
 

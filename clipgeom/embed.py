@@ -250,14 +250,22 @@ def default_workers() -> int:
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
+def _package_relative(path: Optional[str]) -> Optional[str]:
+    """Bundled assets are recorded relative to the project root (``assets/...``)."""
+    if not path or Path(path).is_absolute():
+        return path
+    root = Path(__file__).resolve().parent.parent
+    return str(root / path) if (root / path).exists() else path
+
+
 def spec_from_manifest(model: Optional[dict], dataset: str = "") -> ModelSpec:
     """The ModelSpec a dataset was embedded with, to embed queries the same way."""
     if not model or not model.get("name") or model.get("kind") == "none":
         raise InputError(f"dataset {dataset!r} records no open_clip model (imported arrays "
                          "or synthetic data), so text or image queries cannot be embedded; "
                          "query with an item of the dataset instead.")
-    name = model.get("config") or model["name"]
-    ck = model.get("checkpoint")
+    name = _package_relative(model.get("config")) or model["name"]
+    ck = _package_relative(model.get("checkpoint"))
     if ck and not Path(ck).is_file():
         raise InputError(f"dataset {dataset!r} was embedded with checkpoint {ck}, which is "
                          "no longer there.")

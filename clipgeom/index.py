@@ -15,11 +15,15 @@ rows after L2 normalisation, so inner product = cosine:
   (an isotropic Gaussian) gets a large one, i.e. it stays accurate and gets
   slower rather than silently wrong.
 
-Why IVF and not HNSW (measured on this project's 2-core machine, offset
-Gaussian, d = 512): HNSW (M=32, efConstruction=80) took 81-147 s to build
-100k rows (extrapolated: 20-30 min per million on 2 cores), while IVF trains
-and adds a million rows in minutes; at equal recall both query in a few ms.
-Figures: ``bench/index_recall.py``.
+Why IVF and not HNSW (measured on this project's shared 2-core machine,
+offset Gaussian, d = 512): HNSW (M=32, efConstruction=80) took 81 s to build
+100k rows with a CLIP-like spectrum (147 s isotropic), i.e. roughly 15-25 min
+per million, and needed efSearch 128 for recall@10 0.97 at 100k (isotropic:
+0.77 at efSearch 512). IVF built 1,000,000 x 512 in 300 s (k-means 180 s,
+add 98 s, calibration 22 s) and reached recall@10 0.976 with nprobe 256 of
+4000 lists; one query takes 14 ms against 450 ms for exact search. For large
+batches IVF is only about as fast as exact BLAS search (1000 queries: 28 s vs
+30 s): list scanning is memory-bound. Figures: ``bench/index_recall.py``.
 
 The approximate path can be forced for small data with ``kind="ivf"`` or by
 lowering ``EXACT_LIMIT`` (module attribute, or the ``CLIPGEOM_EXACT_LIMIT``
@@ -92,6 +96,9 @@ SEED = 0
 #: Rows per chunk read from a memory map (32768 x 512 float32 = 64 MiB).
 CHUNK = 32768
 _CAL_K = 10
+#: Batches of at least this many queries on an IVF index are searched list by
+#: list (:func:`ivf_batch_search`) rather than query by query.
+IVF_BATCH_MIN = 64
 
 
 def _default_threads() -> int:
@@ -235,7 +242,7 @@ def _calibrate(index, queries, truth, self_rows, target, k=_CAL_K):
 
     def recall(p):
         index.nprobe = int(p)
-        _, found = index.search(queries, k + 1)
+        _, found = ivf_batch_search(index, queries, k + 1)
         return _recall(found, truth, self_rows, k)
 
     p, failed, r = 1, 0, 0.0
@@ -332,12 +339,7 @@ def build_faiss_index(x, kind: str = "flat", *, queries: np.ndarray | None = Non
         if heap is not None:
             kk = min(cal_k, block.shape[0])
             D, I = faiss.knn(queries, block, kk, metric=faiss.METRIC_INNER_PRODUCT)
-            if kk < cal_k:
-                pad = cal_k - kk
-                D = np.hstack([D, np.full((len(D), pad), -np.inf, np.float32)])
-                I = np.hstack([I, np.full((len(I), pad), -1 - sl.start, np.int64)])
-            heap.add_result(np.ascontiguousarray(D, np.float32),
-                            np.ascontiguousarray(I + sl.start, np.int64))
+            heap.add_result(D, I + sl.start)
         _progress(progress, sl.stop, n, "add")
     t_add = time.perf_counter() - t0
 
@@ -364,6 +366,49 @@ def build_faiss_index(x, kind: str = "flat", *, queries: np.ndarray | None = Non
                           "calibrate": round(t_cal, 3)},
     })
     return index, params
+
+
+def ivf_batch_search(index, queries: np.ndarray, k: int):
+    """Search a batch on an IndexIVFFlat list by list instead of query by query.
+
+    ``index.search`` scans, for every query, its ``nprobe`` lists from
+    memory: a batch re-reads the same lists again and again, which is
+    memory-bound (1000 queries over 1M x 512: ~28 s, as slow as exact BLAS
+    search). Here each list is read once: the queries that probe it are
+    gathered and scored with one ``faiss.knn`` call (BLAS), and the
+    per-list top-k are merged in a ``faiss.ResultHeap``. Same lists probed,
+    same candidates, so the same results as ``index.search`` (scores equal
+    to float32 rounding). Returns (scores [q, k], rows [q, k]), -1 padded.
+    """
+    nq = len(queries)
+    nprobe = max(1, min(int(index.nprobe), int(index.nlist)))
+    _, assign = index.quantizer.search(queries, nprobe)
+    lists = assign.ravel()
+    qids = np.repeat(np.arange(nq, dtype=np.int64), nprobe)
+    keep = lists >= 0
+    order = np.argsort(lists[keep], kind="stable")
+    lists, qids = lists[keep][order], qids[keep][order]
+    bounds = np.searchsorted(lists, np.arange(index.nlist + 1))
+    heap = faiss.ResultHeap(nq, k, keep_max=True)
+    invlists, d = index.invlists, index.d
+    for lst in np.flatnonzero(np.diff(bounds)):
+        lst = int(lst)
+        size = invlists.list_size(lst)
+        if size == 0:
+            continue
+        sub = qids[bounds[lst]:bounds[lst + 1]]
+        codes_ptr, ids_ptr = invlists.get_codes(lst), invlists.get_ids(lst)
+        try:  # zero-copy views of the list's vectors and ids
+            xb = faiss.rev_swig_ptr(codes_ptr, size * d * 4).view(np.float32)
+            ids = faiss.rev_swig_ptr(ids_ptr, size)
+            D, I = faiss.knn(queries[sub], xb.reshape(size, d), min(k, size),
+                             metric=faiss.METRIC_INNER_PRODUCT)
+            heap.add_result_subset(sub, D, ids[I])
+        finally:
+            invlists.release_codes(lst, codes_ptr)
+            invlists.release_ids(lst, ids_ptr)
+    heap.finalize()
+    return heap.D, heap.I
 
 
 # --------------------------------------------------------------------------
@@ -667,7 +712,10 @@ def search(ds, modality: str, queries, k: int = 10) -> SearchResult:
     q = _prepare_queries(queries, ds.dim)
     index, info = load_index(ds, modality)
     kk = min(k, info.n)
-    scores, rows = index.search(q, kk)
+    if info.kind == "ivf" and len(q) >= IVF_BATCH_MIN:
+        scores, rows = ivf_batch_search(index, q, kk)
+    else:
+        scores, rows = index.search(q, kk)
     scores = np.asarray(scores, dtype=np.float32)
     rows = np.asarray(rows, dtype=np.int64)
     if kk < k:

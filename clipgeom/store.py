@@ -61,7 +61,7 @@ _STRING_COLS = {
 }
 _CORE_KEYS = ("schema_version", "name", "created", "model", "dim", "n_images",
               "n_texts", "n_pairs", "normalized_input", "source", "arrays",
-              "fingerprint", "tables")
+              "fingerprint", "tables", "extra_arrays")
 
 
 # --------------------------------------------------------------------------
@@ -376,6 +376,27 @@ class Dataset:
     def index_dir(self) -> Path:
         """Folder for search indexes; outside assets/ for read-only data."""
         return self._derived_dir("index")
+
+    @property
+    def extra_array_names(self) -> list[str]:
+        return sorted((self.manifest.get("extra_arrays") or {}).keys())
+
+    def extra_array(self, name: str) -> np.ndarray:
+        """An extra array stored with the dataset, memory-mapped (read-only)."""
+        meta = (self.manifest.get("extra_arrays") or {}).get(name)
+        if meta is None:
+            raise DatasetError(f"dataset {self.name!r} has no extra array {name!r} "
+                               f"(it has: {', '.join(self.extra_array_names) or 'none'}).")
+        path = self.path / "extra" / f"{name}.npy"
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"{path}: cannot be read ({exc}); re-create the dataset.") \
+                from None
+        if list(arr.shape) != list(meta["shape"]):
+            raise DatasetError(f"{path}: shape {arr.shape} differs from the manifest's "
+                               f"{tuple(meta['shape'])}; re-create the dataset.")
+        return arr
 
     def thumb_path(self, image_row: int) -> Path | None:
         """Path of image row's thumbnail, or None if it has none (or it is gone)."""
@@ -756,21 +777,41 @@ def _norm_model(model):
 
 def create_dataset(name: str, image_emb, text_emb, images=None, texts=None, *,
                    model=None, source=None, extra_manifest=None,
-                   overwrite: bool = False, home=None, thumbs_dir=None) -> Dataset:
+                   overwrite: bool = False, home=None, thumbs_dir=None,
+                   extra_arrays=None) -> Dataset:
     """Validate and write a dataset atomically; return it opened.
 
     ``images``/``texts`` DataFrames are optional (ids ``img00000...`` /
     ``txt00000...``; text row i paired with image row i when the counts are
     equal, otherwise unpaired). ``thumbs_dir`` is copied into ``thumbs/``;
     the images' ``thumbnail`` column holds paths relative to it.
+    ``extra_arrays`` ({name: array}) are stored as ``extra/<name>.npy`` with
+    their sha256 in the manifest (e.g. the demo's training snapshots) and
+    opened memory-mapped by :meth:`Dataset.extra_array`.
     """
     return _create(name, image_emb, text_emb, images, texts, model=model,
                    source=source, extra_manifest=extra_manifest,
-                   overwrite=overwrite, home=home, thumbs_dir=thumbs_dir)
+                   overwrite=overwrite, home=home, thumbs_dir=thumbs_dir,
+                   extra_arrays=extra_arrays)
+
+
+_EXTRA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def _check_extra_arrays(extra_arrays) -> dict:
+    out = {}
+    for k, v in (extra_arrays or {}).items():
+        if not _EXTRA_NAME.match(str(k)):
+            raise InputError(f"extra array name {k!r}: use letters, digits, '.', '_' or '-'.")
+        arr = np.asarray(v)
+        if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+            raise InputError(f"extra array {k!r} must be numeric, got {arr.dtype}.")
+        out[str(k)] = np.ascontiguousarray(arr)
+    return out
 
 
 def _create(name, image_emb, text_emb, images, texts, *, model, source,
-            extra_manifest, overwrite, home, thumbs_dir,
+            extra_manifest, overwrite, home, thumbs_dir, extra_arrays=None,
             image_name="image embeddings", text_name="text embeddings") -> Dataset:
     check_name(name)
     h = _home(home)
@@ -814,6 +855,7 @@ def _create(name, image_emb, text_emb, images, texts, *, model, source,
     if thumbs_dir is not None and not Path(thumbs_dir).is_dir():
         raise InputError(f"{thumbs_dir}: thumbnails folder not found.")
     n_pairs = int(len(_pair_rows(img_df["image_id"], txt_df["image_id"])[0]))
+    extras = _check_extra_arrays(extra_arrays)
 
     root = h / "datasets"
     try:
@@ -841,6 +883,13 @@ def _create(name, image_emb, text_emb, images, texts, *, model, source,
         _save_array(tmp / TEXT_EMB, np.ascontiguousarray(txt, dtype=np.float32))
         _write_table(img_tab, tmp / IMAGES)
         _write_table(txt_tab, tmp / TEXTS)
+        extra_meta = {}
+        if extras:
+            (tmp / "extra").mkdir()
+            for k, arr in extras.items():
+                _save_array(tmp / "extra" / f"{k}.npy", arr)
+                extra_meta[k] = {"sha256": sha256_file(tmp / "extra" / f"{k}.npy"),
+                                 "shape": list(arr.shape), "dtype": str(arr.dtype)}
         hashes = {f: sha256_file(tmp / f) for f in ARRAY_FILES + TABLE_FILES}
         manifest = {
             "schema_version": SCHEMA_VERSION,
@@ -865,6 +914,7 @@ def _create(name, image_emb, text_emb, images, texts, *, model, source,
                        TEXTS: {"sha256": hashes[TEXTS]}},
             "fingerprint": _fingerprint(hashes),
             "skipped": [],
+            "extra_arrays": extra_meta,
         }
         manifest.update(extra)
         _write_manifest(tmp / MANIFEST, manifest)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from clipgeom.errors import InputError
 
 
 @pytest.fixture(autouse=True)
-def _fresh_cache():
+def _fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "ASSETS_DIR", tmp_path / "assets")  # no bundled data
     ix.clear_cache()
     yield
     ix.clear_cache()
@@ -200,6 +202,15 @@ def test_k_larger_than_n_pads(clipgeom_home, rng):
     scores, rows = brute_topk(q, txt, 5)
     np.testing.assert_allclose(res.scores[:, :5], scores, atol=1e-5)
     assert all(set(a) == set(b) for a, b in zip(res.rows[:, :5], rows))
+    # the approximate index pads the same way, query by query and list by list
+    assert ix.build_index(ds, "text", kind="ivf", force=True).kind == "ivf"
+    many = offset_gauss(rng, ix.IVF_BATCH_MIN + 6, 8)
+    for qs in (q, many):
+        res = ix.search(ds, "text", qs, k=8)
+        assert res.kind == "ivf" and (res.rows[:, 5:] == -1).all()
+        assert np.isneginf(res.scores[:, 5:]).all()
+        scores, rows = brute_topk(qs, txt, 5)
+        np.testing.assert_allclose(res.scores[:, :5], scores, atol=1e-5)
     # same-modality item search with k >= n: all other rows, then padding
     r = ix.search_item(ds, "text", 2, "text", k=6)
     assert sorted(r.rows[0, :4].tolist()) == [0, 1, 3, 4] and (r.rows[0, 4:] == -1).all()
@@ -256,3 +267,36 @@ def test_progress_and_thread_settings(small):
     assert {"train", "add", "calibrate"} <= set(seen)
     assert os.environ.get("OMP_WAIT_POLICY")
     assert 1 <= ix.THREADS <= 8
+
+
+def test_read_only_dataset_index_lives_outside_assets(clipgeom_home, tmp_path, rng):
+    img, txt = offset_gauss(rng, 60, 8), offset_gauss(rng, 40, 8)
+    made = store.create_dataset("bundled", img, txt)
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    shutil.move(str(made.path), str(assets / "bundled"))
+    ds = store.open_dataset("bundled")
+    assert ds.read_only and ds.path == assets / "bundled"
+    res = ix.search_item(ds, "image", 0, "text", k=4)
+    assert_same_ranking(res, *brute_topk(img[:1], txt, 4))
+    assert (ds.index_dir / "text.faiss").is_file()
+    assert assets not in ds.index_dir.parents
+    assert not list((assets / "bundled" / "index").iterdir())
+
+
+def test_ivf_batch_search_equals_faiss_search(rng):
+    x = offset_gauss(rng, 3000, 32)
+    index, params = ix.build_faiss_index(x, "ivf")
+    q = offset_gauss(np.random.default_rng(3), 150, 32)
+    q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    for nprobe in (1, params["nprobe"], params["nlist"]):
+        index.nprobe = nprobe
+        for k in (1, 10, 40):
+            D1, I1 = index.search(q, k)
+            D2, I2 = ix.ivf_batch_search(index, q, k)
+            np.testing.assert_allclose(D2, D1, atol=1e-5)
+            assert (I1 == I2).mean() > 0.99          # order may differ at ties
+            assert all(set(a) == set(b) for a, b in zip(I1, I2))
+    # all lists probed = exact search
+    _, truth = brute_topk(q, x, 10)
+    assert recall(ix.ivf_batch_search(index, q, 10)[1], truth) == 1.0

@@ -546,3 +546,28 @@ def test_numeric_label_round_trip(home):
                               images=pd.DataFrame({"label": [2, 0, 1]}))
     assert store.open_dataset("lab").images["label"].tolist() == [2, 0, 1]
     assert ds.images["image_id"].tolist() == ["img00000", "img00001", "img00002"]
+
+
+def test_extra_arrays_round_trip_and_hash(clipgeom_home, tmp_path):
+    import hashlib
+
+    import numpy as np
+    from clipgeom import store
+    from clipgeom.errors import InputError
+
+    rng = np.random.default_rng(0)
+    snap = rng.standard_normal((3, 5, 4)).astype(np.float32)
+    ds = store.create_dataset("ex", rng.standard_normal((6, 4)).astype(np.float32),
+                              rng.standard_normal((6, 4)).astype(np.float32),
+                              extra_arrays={"snap_image": snap, "steps": np.array([0, 5, 9])})
+    assert ds.extra_array_names == ["snap_image", "steps"]
+    got = ds.extra_array("snap_image")
+    assert isinstance(got, np.memmap)
+    np.testing.assert_array_equal(got, snap)
+    digest = hashlib.sha256((ds.path / "extra" / "snap_image.npy").read_bytes()).hexdigest()
+    assert ds.manifest["extra_arrays"]["snap_image"]["sha256"] == digest
+    with pytest.raises(Exception, match="no extra array"):
+        ds.extra_array("nope")
+    with pytest.raises(InputError, match="extra array name"):
+        store.create_dataset("ex2", np.ones((2, 2), np.float32), np.ones((2, 2), np.float32),
+                             extra_arrays={"../evil": np.ones(2)})

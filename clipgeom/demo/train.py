@@ -44,14 +44,17 @@ class TrainConfig:
     heldout_seed: int = 2
     snapshot_steps: list = field(default_factory=lambda: [0, 100, 300, 800, 1600, -1])
     threads: Optional[int] = None
+    config_path: str = str(CONFIG)     # an open_clip model config JSON
+    image_size: int = 64
 
 
-def build_model():
+def build_model(config_path=CONFIG):
     import open_clip
 
-    open_clip.add_model_config(CONFIG)
-    model = open_clip.create_model(ARCH, pretrained=None)
-    tokenizer = open_clip.get_tokenizer(ARCH)
+    config_path = Path(config_path)
+    open_clip.add_model_config(config_path)
+    model = open_clip.create_model(config_path.stem, pretrained=None)
+    tokenizer = open_clip.get_tokenizer(config_path.stem)
     return model, tokenizer
 
 
@@ -103,7 +106,8 @@ def evaluate(image_emb: np.ndarray, text_emb: np.ndarray, world: "W.World",
 
 
 def heldout_world(cfg: TrainConfig) -> "W.World":
-    return W.generate(cfg.n_heldout, seed=cfg.heldout_seed, captions_per_image=1)
+    return W.generate(cfg.n_heldout, seed=cfg.heldout_seed, image_size=cfg.image_size,
+                      captions_per_image=1)
 
 
 def train(cfg: TrainConfig, out_dir: Path, progress: Optional[Callable[[dict], None]] = None
@@ -118,7 +122,7 @@ def train(cfg: TrainConfig, out_dir: Path, progress: Optional[Callable[[dict], N
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     t0 = time.time()
-    train_world = W.generate(cfg.n_train, seed=cfg.train_seed,
+    train_world = W.generate(cfg.n_train, seed=cfg.train_seed, image_size=cfg.image_size,
                              captions_per_image=cfg.captions_per_image)
     train_images = train_world.images()
     caption_idx = np.asarray(train_world.caption_image)
@@ -130,7 +134,7 @@ def train(cfg: TrainConfig, out_dir: Path, progress: Optional[Callable[[dict], N
     held_captions = list(held.captions)
     gen_s = time.time() - t0
 
-    model, tokenizer = build_model()
+    model, tokenizer = build_model(cfg.config_path)
     loss_fn = open_clip.ClipLoss()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "logit_scale" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "logit_scale" in n]
@@ -176,7 +180,7 @@ def train(cfg: TrainConfig, out_dir: Path, progress: Optional[Callable[[dict], N
         with torch.no_grad():       # as in CLIP: the logit scale is clamped at 100
             model.logit_scale.clamp_(0, math.log(100))
         if step % 50 == 0:
-            curve.append({"step": step, "loss": float(loss), "lr": lr_at(step),
+            curve.append({"step": step, "loss": float(loss.detach()), "lr": lr_at(step),
                           "logit_scale": float(model.logit_scale.exp()),
                           "time_s": time.time() - t0})
             if progress:
@@ -184,7 +188,7 @@ def train(cfg: TrainConfig, out_dir: Path, progress: Optional[Callable[[dict], N
 
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     torch.save(state, out_dir / "demo-clip.pt")
-    (out_dir / "demo-clip.json").write_text(CONFIG.read_text())
+    (out_dir / "demo-clip.json").write_text(Path(cfg.config_path).read_text())
     np.savez_compressed(out_dir / "snapshots.npz",
                         steps=np.array(sorted(snapshots)),
                         **{f"image_{s}": snapshots[s][0] for s in snapshots},
