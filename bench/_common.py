@@ -71,7 +71,15 @@ def reset_peak_rss() -> bool:
 
 
 class Timings(list):
-    """Seconds of each repetition."""
+    """Wall-clock seconds of each repetition (``cpu``: process CPU seconds, if recorded).
+
+    On a shared machine, wall >> cpu / threads means the process was waiting
+    for a core; cpu growing with the same work means threads spinning.
+    """
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.cpu: list[float] = []
 
     @property
     def best(self) -> float:
@@ -92,8 +100,16 @@ class Timings(list):
                 f"({len(self)} runs; spread {100 * (self.worst - self.best) / self.best:.0f}%)")
 
     def as_dict(self) -> dict:
-        return {"runs": [round(t, 4) for t in self], "best": round(self.best, 4),
-                "median": round(self.median, 4), "worst": round(self.worst, 4)}
+        d = {"runs": [round(t, 4) for t in self], "best": round(self.best, 4),
+             "median": round(self.median, 4), "worst": round(self.worst, 4)}
+        if self.cpu:
+            d["cpu"] = [round(t, 3) for t in self.cpu]
+        return d
+
+    def cpu_summary(self) -> str:
+        if not self.cpu:
+            return ""
+        return "process CPU time per run: " + ", ".join(f"{c:.2f} s" for c in self.cpu)
 
 
 def fmt_t(d: dict) -> str:
@@ -108,9 +124,11 @@ def repeat_timed(fn: Callable[[], object], repeat: int, label: str = "") -> tupl
     times = Timings()
     out = None
     for i in range(max(1, repeat)):
+        c0 = time.process_time()
         t0 = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t0)
+        times.cpu.append(time.process_time() - c0)
         if label:
             print(f"  {label} run {i + 1}/{repeat}: {times[-1]:.3f} s", flush=True)
     return times, out

@@ -68,12 +68,14 @@ def main() -> None:
     for i in range(max(1, args.repeat)):
         base = C.current_rss_mb()
         reset = C.reset_peak_rss()
+        c0 = time.process_time()
         t0 = time.perf_counter()
         sw = loss.alpha_sweep(image, text, None, args.modality, **kwargs)
         times.append(time.perf_counter() - t0)
+        times.cpu.append(time.process_time() - c0)
         if reset:
             sweep_peaks.append(C.peak_rss_mb() - base)
-        print(f"  alpha_sweep run {i + 1}/{args.repeat}: {times[-1]:.2f} s"
+        print(f"  alpha_sweep run {i + 1}/{args.repeat}: {times[-1]:.2f} s (CPU {times.cpu[-1]:.1f} s)"
               + (f", working memory {sweep_peaks[-1]:.0f} MiB" if reset else ""), flush=True)
 
     peak = C.peak_rss_mb()

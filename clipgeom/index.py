@@ -19,11 +19,12 @@ Why IVF and not HNSW (measured on this project's shared 2-core machine,
 offset Gaussian, d = 512): HNSW (M=32, efConstruction=80) took 81 s to build
 100k rows with a CLIP-like spectrum (147 s isotropic), i.e. roughly 15-25 min
 per million, and needed efSearch 128 for recall@10 0.97 at 100k (isotropic:
-0.77 at efSearch 512). IVF built 1,000,000 x 512 in 300 s (k-means 180 s,
-add 98 s, calibration 22 s) and reached recall@10 0.976 with nprobe 256 of
-4000 lists; one query takes 14 ms against 450 ms for exact search. For large
-batches IVF is only about as fast as exact BLAS search (1000 queries: 28 s vs
-30 s): list scanning is memory-bound. Figures: ``bench/index_recall.py``.
+0.77 at efSearch 512). IVF built 1,000,000 x 512 in 197 s (k-means 137 s,
+add 51 s, calibration 9 s) and reached recall@10 0.976 with nprobe 256 of
+4000 lists; one query takes 15 ms against 391 ms for exact search, and 1000
+queries 2.6 s against 15.6 s (list by list, :func:`ivf_batch_search`; faiss's
+query-by-query ``index.search`` needs 13.9 s because re-scanning lists per
+query is memory-bound). Figures: ``bench/index_recall.py``.
 
 The approximate path can be forced for small data with ``kind="ivf"`` or by
 lowering ``EXACT_LIMIT`` (module attribute, or the ``CLIPGEOM_EXACT_LIMIT``
