@@ -256,6 +256,42 @@ def _cmd_search(args) -> int:
     return 0
 
 
+def _cmd_demo_train(args) -> int:
+    from .demo import train
+
+    cfg = train.TrainConfig()
+    if args.steps:
+        cfg.steps = args.steps
+    out = Path(args.out)
+    res = train.train(cfg, out, progress=lambda d: print(json.dumps(d), file=sys.stderr))
+    print(json.dumps(res["final"], indent=1))
+    print(f"model written to {out}; build the demo dataset with "
+          f"'python -m clipgeom demo build --model-dir {out}'")
+    return 0
+
+
+def _cmd_demo_build(args) -> int:
+    from .demo import build
+
+    bars = _Bars()
+    try:
+        out = build.build_demo(Path(args.model_dir), Path(args.out), n=args.n, progress=bars)
+    finally:
+        bars.close()
+    print(f"demo dataset written to {out}")
+    return 0
+
+
+def _cmd_demo_coco(args) -> int:
+    """fetch-coco, then coco: the paper's MS-COCO val2017 set in one command."""
+    args.dir = args.dir or "coco"
+    if _cmd_fetch_coco(args) != 0:
+        return 1
+    args.annotations = str(Path(args.dir) / "annotations" / f"captions_{args.split}.json")
+    args.images = str(Path(args.dir) / args.split)
+    return _cmd_coco(args)
+
+
 def _add_job_args(s):
     s.add_argument("--model", default="ViT-B-32",
                    help="open_clip architecture, or a model config .json")
@@ -360,6 +396,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_search)
+
+    demo = sub.add_parser("demo", help="the bundled demo: train, build, or MS-COCO")
+    dsub = demo.add_subparsers(dest="demo_command", required=True)
+    s = dsub.add_parser("train", help="train the demo CLIP on the generated world (CPU)")
+    s.add_argument("--out", default="assets/demo-model")
+    s.add_argument("--steps", type=int, default=None)
+    s.set_defaults(func=_cmd_demo_train)
+    s = dsub.add_parser("build", help="embed the demo dataset with the demo model")
+    s.add_argument("--model-dir", default="assets/demo-model")
+    s.add_argument("--out", default="assets/demo")
+    s.add_argument("--n", type=int, default=3000)
+    s.set_defaults(func=_cmd_demo_build)
+    s = dsub.add_parser("coco", help="download MS-COCO val2017 captions + images and embed "
+                                     "them (needs internet)")
+    s.add_argument("--name", default="coco")
+    s.add_argument("--dir", default=None, help="download folder (default ./coco)")
+    s.add_argument("--split", default="val2017")
+    s.add_argument("--limit", type=int, default=5000)
+    s.add_argument("--annotations-url", default=None, help=argparse.SUPPRESS)
+    s.add_argument("--images-url", default=None, help=argparse.SUPPRESS)
+    _add_job_args(s)
+    s.set_defaults(func=_cmd_demo_coco, pretrained="openai")
 
     s = sub.add_parser("delete", help="delete a user dataset")
     s.add_argument("name")

@@ -173,3 +173,24 @@ def conformity_kl_sweep(image, text, alphas, *, modality: str = "both",
         ct = shifted_conformity(text, a, chunk=chunk) if modality in ("text", "both") else base_t
         kls.append(histogram_kl(ci, ct, bins=bins).kl)
     return ConformityKLSweep(alpha=alphas, kl=np.array(kls), modality=modality, bins=bins)
+
+
+def frequency_correlation(conformity_values, frequency) -> dict:
+    """Spearman rho between conformity and a concept frequency (Prediction 1).
+
+    The Double-Ellipsoid paper predicts that common concepts sit closer to
+    the modality mean, i.e. have higher conformity; with a generated world
+    the frequencies are known exactly. Rows with a missing (NaN) frequency
+    are left out. Returns {rho, p_value, n}.
+    """
+    from scipy.stats import spearmanr
+
+    c = np.asarray(conformity_values, np.float64)
+    f = np.asarray(frequency, np.float64)
+    if c.shape != f.shape:
+        raise InputError(f"{c.shape[0]} conformity values but {f.shape[0]} frequencies.")
+    ok = np.isfinite(c) & np.isfinite(f)
+    if ok.sum() < 3:
+        raise InputError("need at least 3 items with a known frequency.")
+    res = spearmanr(c[ok], f[ok])
+    return {"rho": float(res.statistic), "p_value": float(res.pvalue), "n": int(ok.sum())}

@@ -75,3 +75,17 @@ def test_errors(rng):
         conformity.exact_conformity(_cloud(rng, 10, 4), _cloud(rng, 10, 5))
     with pytest.raises(InputError, match="modality"):
         conformity.conformity_kl_sweep(_cloud(rng, 10), _cloud(rng, 10), [0.0], modality="x")
+
+
+def test_frequency_correlation_against_rank_formula(rng):
+    c = rng.standard_normal(200)
+    f = c * 2 + 0.5 * rng.standard_normal(200)
+    f[5] = np.nan
+    res = conformity.frequency_correlation(c, f)
+    ok = np.isfinite(f)
+    rc = np.argsort(np.argsort(c[ok])).astype(float)
+    rf = np.argsort(np.argsort(f[ok])).astype(float)
+    assert res["rho"] == pytest.approx(np.corrcoef(rc, rf)[0, 1], abs=1e-12)
+    assert res["n"] == 199
+    with pytest.raises(InputError, match="frequencies"):
+        conformity.frequency_correlation(c, f[:10])

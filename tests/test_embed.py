@@ -189,3 +189,40 @@ def test_cli_embed_index_and_search(tiny_model_config, image_folder, clipgeom_ho
                  "text", "-k", "2", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert len(res["results"]) == 2
+
+
+def test_sigkilled_process_resumes_to_identical_arrays(tiny_model_config, image_folder,
+                                                       clipgeom_home, tmp_path):
+    """A real SIGKILL (no cleanup runs) after two chunks, then --resume."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    root, caps = image_folder
+    torch.manual_seed(5)
+    ck = tmp_path / "k.pt"
+    torch.save(embed.load_model(embed.ModelSpec(str(tiny_model_config))).model.state_dict(), ck)
+    script = tmp_path / "killme.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal
+        from clipgeom import embed, ingest, job
+        spec = embed.ModelSpec({str(tiny_model_config)!r}, checkpoint={str(ck)!r})
+        def progress(stage, done, total):
+            if stage == "images" and done >= 8:
+                os.kill(os.getpid(), signal.SIGKILL)
+        job.run("killed", ingest.from_folder({str(root)!r}, {str(caps)!r}), spec,
+                job.JobOptions(workers=0, chunk_rows=4, build_index=False), progress=progress)
+    """))
+    env = dict(os.environ, CLIPGEOM_HOME=str(clipgeom_home))
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True)
+    assert proc.returncode == -9                       # killed, not finished
+    jobdir = clipgeom_home / "jobs" / "killed"
+    assert (jobdir / "image_00000.npz").exists()
+    assert "killed" not in [d["name"] for d in store.list_datasets()]
+    spec = embed.ModelSpec(str(tiny_model_config), checkpoint=str(ck))
+    resumed = job.run("killed", ingest.from_folder(root, caps), spec,
+                      _opts(resume=True))
+    full = job.run("whole", ingest.from_folder(root, caps), spec, _opts())
+    np.testing.assert_array_equal(np.asarray(resumed.image_emb), np.asarray(full.image_emb))
+    np.testing.assert_array_equal(np.asarray(resumed.text_emb), np.asarray(full.text_emb))

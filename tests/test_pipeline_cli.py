@@ -89,3 +89,22 @@ def test_search_needs_a_model_for_text_queries(clipgeom_home, capsys):
     assert main(["search", "syn", "--item", "3", "-k", "4", "--json"]) == 0
     assert main(["search", "syn", "--item", "999"]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def test_demo_coco_chains_fetch_import_and_embed(tmp_path, clipgeom_home, tiny_model_config,
+                                                 checkpoint, capsys, monkeypatch):
+    monkeypatch.setattr(fetch, "BACKOFF_S", 0.0)
+    src = tmp_path / "origin"
+    ann_json, images_dir, images = make_coco(src, n_images=4, captions_per_image=3)
+    ann_zip = make_coco_annotations_zip(tmp_path / "ann.zip", ann_json)
+    files = {"/ann.zip": ann_zip.read_bytes()}
+    for im in images:
+        files[f"/val2017/{im['file_name']}"] = (images_dir / im["file_name"]).read_bytes()
+    with serve(files) as srv:
+        rc = main(["demo", "coco", "--name", "cocodemo", "--dir", str(tmp_path / "c"),
+                   "--limit", "2", "--annotations-url", srv.base + "/ann.zip",
+                   "--images-url", srv.base + "/val2017", "--model", str(tiny_model_config),
+                   "--pretrained", "", "--checkpoint", str(checkpoint), "--workers", "0"])
+    assert rc == 0
+    ds = store.open_dataset("cocodemo")
+    assert (ds.n_images, ds.n_texts, len(ds.pairs()[0])) == (2, 6, 2)

@@ -31,7 +31,7 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass
 class TrainConfig:
-    steps: int = 3000
+    steps: int = 1500
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.1
@@ -42,7 +42,7 @@ class TrainConfig:
     seed: int = 0
     train_seed: int = 1          # world seeds: train and held-out worlds differ
     heldout_seed: int = 2
-    snapshot_steps: list = field(default_factory=lambda: [0, 100, 300, 800, 1600, -1])
+    snapshot_steps: list = field(default_factory=lambda: [0, 50, 150, 400, 800, -1])
     threads: Optional[int] = None
     config_path: str = str(CONFIG)     # an open_clip model config JSON
     image_size: int = 64
