@@ -141,6 +141,13 @@ def loadavg() -> str:
         return "n/a"
 
 
+def thread_env() -> str:
+    """The thread-count environment variables that are set (torch, OpenBLAS, faiss)."""
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
+    set_ = [f"{k}={os.environ[k]}" for k in names if k in os.environ]
+    return "threads: " + (", ".join(set_) if set_ else "library defaults")
+
+
 def machine() -> dict:
     """nproc, CPU model, RAM and library versions."""
     info = {"nproc": os.cpu_count(), "cpu": platform.processor() or "unknown",
@@ -172,7 +179,8 @@ def header(name: str, args: argparse.Namespace) -> None:
     m = machine()
     print(f"# {name}: {' '.join(f'--{k}={v}' for k, v in vars(args).items())}")
     print(f"# machine: {m['nproc']} cpu ({m['cpu']}), {m['ram_gib']} GiB RAM, "
-          f"python {m['python']}, numpy {m['numpy']}; load average {loadavg()}", flush=True)
+          f"python {m['python']}, numpy {m['numpy']}; {thread_env()}; load average {loadavg()}",
+          flush=True)
 
 
 def emit(result: dict) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -67,13 +68,21 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=None,
                     help="passed as --repeat to every benchmark (default: each one's own)")
     ap.add_argument("--out", default=None, help="also write the results table to this file")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="set OMP_NUM_THREADS and OPENBLAS_NUM_THREADS for the benchmarks "
+                         "(torch's and numpy's thread pools; default: unset, i.e. one per core)")
     args = ap.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
 
     m = C.machine()
     started = datetime.now().astimezone()
     print(f"# clipgeom benchmarks, {started:%Y-%m-%d %H:%M %Z}")
     print(f"# machine: {m['nproc']} cpu ({m['cpu']}), {m['ram_gib']} GiB RAM, "
-          f"python {m['python']}, numpy {m['numpy']}; load average {C.loadavg()}")
+          f"python {m['python']}, numpy {m['numpy']}; {C.thread_env()}; "
+          f"load average {C.loadavg()}")
+    if args.quick:
+        print("# --quick: small sizes; the goals are for the full sizes")
 
     results = []
     for name in args.only:
@@ -85,7 +94,7 @@ def main() -> None:
         results.append((name, res, wall, rc))
 
     lines = [f"{started:%Y-%m-%d %H:%M %Z}; {m['nproc']} cpu ({m['cpu']}), {m['ram_gib']} GiB "
-             f"RAM; load average at the end {C.loadavg()}", "",
+             f"RAM; {C.thread_env()}; load average at the end {C.loadavg()}", "",
              "| benchmark | measurement | goal | measured | met | process peak RSS | wall |",
              "|---|---|---|---|---|---|---|"]
     failed = False

@@ -241,7 +241,7 @@ def _cmd_index(args) -> int:
 
 
 def _cmd_search(args) -> int:
-    from . import index, search, store
+    from . import search, store
 
     ds = store.open_dataset(args.name)
     res = search.run_query(ds, text=args.text, image=args.image, item=args.item,

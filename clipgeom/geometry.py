@@ -9,7 +9,7 @@ feature-variance spectrum and off-diagonal dominance (Eq. 6), the offset
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 

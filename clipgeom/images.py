@@ -29,8 +29,6 @@ Decoding rules
 from __future__ import annotations
 
 import io
-import os
-import secrets
 import struct
 import warnings
 import zlib
@@ -40,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from ._atomic import replacing
 from .errors import DatasetError, InputError
 
 #: File extensions treated as images (lower case, with the dot).
@@ -251,17 +250,10 @@ def make_thumbnail(image_or_path, out_path, max_side: int = 256,
     if size != im.size:
         im = im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "xb") as f:
+        with replacing(out_path) as tmp, open(tmp, "xb") as f:
             im.save(f, format="JPEG", quality=quality)
-        os.replace(tmp, out_path)
     except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         raise DatasetError(
             f"{out_path}: cannot write the thumbnail ({exc.strerror or exc}). "
             "Check free space and permissions."

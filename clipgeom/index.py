@@ -65,7 +65,6 @@ import datetime as _dt  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import secrets  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
@@ -75,6 +74,7 @@ from typing import Callable  # noqa: E402
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ._atomic import replacing
 from . import validate  # noqa: E402
 from ._chunks import row_chunks  # noqa: E402
 from .errors import DatasetError, InputError  # noqa: E402
@@ -550,23 +550,14 @@ def _configure(index, info: IndexInfo) -> None:
 
 
 def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        if isinstance(exc, (OSError, RuntimeError)):
-            raise DatasetError(
-                f"Cannot write the search index {path} ({exc}); check free "
-                "space and permissions (or set CLIPGEOM_HOME to a writable folder)."
-            ) from None
-        raise
+        with replacing(path, fsync=True) as tmp:
+            write(tmp)
+    except (OSError, RuntimeError) as exc:
+        raise DatasetError(
+            f"Cannot write the search index {path} ({exc}); check free "
+            "space and permissions (or set CLIPGEOM_HOME to a writable folder)."
+        ) from None
 
 
 # --------------------------------------------------------------------------

@@ -47,7 +47,6 @@ import json
 import os
 import posixpath
 import re
-import secrets
 import shutil
 import stat
 import tempfile
@@ -59,6 +58,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ._atomic import replacing
 from .captions import read_captions, read_text
 from .errors import InputError
 from .images import IMAGE_EXTENSIONS
@@ -674,21 +674,13 @@ def extract_member(zip_path, member: str, dest, *,
         info, rel = plan[0]
         dest.parent.mkdir(parents=True, exist_ok=True)
         _check_space(dest.parent, int(info.file_size), where)
-        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.tmp")
         try:
-            with open(tmp, "xb") as dst:
+            with replacing(dest) as tmp, open(tmp, "xb") as dst:
                 _stream(zf, info, rel, dst, where, limits, 0)
-            os.replace(tmp, dest)
-        except BaseException as exc:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
-            if isinstance(exc, OSError):
-                raise InputError(
-                    f"{where}: cannot write {dest} ({exc.strerror or exc})."
-                ) from None
-            raise
+        except OSError as exc:
+            raise InputError(
+                f"{where}: cannot write {dest} ({exc.strerror or exc})."
+            ) from None
     return dest
 
 

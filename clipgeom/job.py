@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset as TorchDataset
 
+from ._atomic import replacing
 from . import embed, store
 from .errors import InputError
 from .images import ImageLimits, make_thumbnail, open_image
@@ -85,9 +86,8 @@ def _job_key(items: ItemList, spec: embed.ModelSpec, opts: JobOptions) -> str:
 
 
 def _save_npz_atomic(path: Path, **arrays) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def run(name: str, items: ItemList, spec: embed.ModelSpec, opts: JobOptions = JobOptions(),

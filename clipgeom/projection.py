@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 from scipy.special import logsumexp
 
+from ._atomic import replacing
 from . import validate
 from ._chunks import row_chunks
 from .errors import InputError
@@ -261,19 +260,8 @@ def _umap_key(x: np.ndarray, params: dict) -> str:
 
 
 def _save_atomic(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with replacing(path, fsync=True) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, arr, allow_pickle=False)
 
 
 def umap_coords(x, *, n_neighbors: int = 15, min_dist: float = 0.1, metric: str = "cosine",
