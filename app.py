@@ -6,7 +6,7 @@ Run: streamlit run app.py
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import data, ui
+from dashboard import data, figures, ui
 
 st.set_page_config(page_title="clipgeom: the geometry of CLIP embeddings",
                    page_icon="🔭", layout="wide")
@@ -16,6 +16,7 @@ st.caption("After Levi & Gilboa, *The Double-Ellipsoid Geometry of CLIP* (ICML 2
            "and related papers. Every number below comes from `python -m clipgeom report`.")
 
 loaded = ui.dataset_picker()
+figures.presentation_toggle()
 temperature = st.sidebar.number_input("Temperature τ (CLIP: 0.01)", min_value=0.001,
                                       max_value=1.0, value=0.01, step=0.005, format="%.3f")
 max_pairs = st.sidebar.number_input("Pairs in the loss batch", min_value=10,

@@ -30,8 +30,9 @@ class Loaded:
 
 
 def dataset_names() -> list[str]:
-    """User and bundled datasets that open, then the synthetic generator."""
+    """The bundled demo first (when present), other datasets, then the generator."""
     names = [r["name"] for r in store.list_datasets() if not r.get("error")]
+    names.sort(key=lambda n: (n != "demo", n))
     return names + [SYNTHETIC]
 
 

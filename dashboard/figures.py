@@ -1,0 +1,63 @@
+"""Drawing helpers every page uses: figures with captions and downloads,
+tables with CSV download, and presentation mode (large fonts, no clutter)."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+# Above this many points a scatter is drawn from a seeded sample (WebGL below it too).
+MAX_SCATTER_POINTS = 20_000
+
+
+def presentation_mode() -> bool:
+    return bool(st.session_state.get("presentation", False))
+
+
+def presentation_toggle() -> None:
+    """The sidebar switch; every page calls it so the choice follows the user."""
+    st.sidebar.toggle("Presentation mode", key="presentation",
+                      help="Large fonts and figures, controls folded away: for talks.")
+    if presentation_mode():
+        st.markdown("<style>html, body, [class*='st-'] {font-size: 1.15rem;}</style>",
+                    unsafe_allow_html=True)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "figure"
+
+
+def show(fig: go.Figure, caption: str, *, key: str, height: int = 420) -> None:
+    """Draw a plotly figure with its paper citation below and an HTML download.
+
+    ``caption`` should cite the paper figure/equation it reproduces.
+    """
+    big = presentation_mode()
+    fig.update_layout(height=int(height * (1.35 if big else 1.0)),
+                      font=dict(size=20 if big else 13), margin=dict(t=40, l=10, r=10, b=10))
+    st.plotly_chart(fig, width="stretch", key=f"chart-{key}")
+    c1, c2 = st.columns([6, 1])
+    c1.caption(caption)
+    c2.download_button("HTML", fig.to_html(include_plotlyjs="cdn"),
+                       file_name=f"{_slug(key)}.html", mime="text/html",
+                       key=f"dl-{key}", help="Download the interactive figure")
+
+
+def table(df: pd.DataFrame, *, key: str, caption: str | None = None, height=None) -> None:
+    """A dataframe with a CSV download."""
+    st.dataframe(df, width="stretch", hide_index=True, height=height)
+    c1, c2 = st.columns([6, 1])
+    if caption:
+        c1.caption(caption)
+    c2.download_button("CSV", df.to_csv(index=False), file_name=f"{_slug(key)}.csv",
+                       mime="text/csv", key=f"csv-{key}")
+
+
+def controls():
+    """Where a page puts its controls: the sidebar, folded in presentation mode."""
+    if presentation_mode():
+        return st.sidebar.expander("Controls", expanded=False)
+    return st.sidebar
