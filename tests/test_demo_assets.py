@@ -1,0 +1,73 @@
+"""The shipped demo: checkpoint, dataset and quality figures, recomputed."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clipgeom import embed, store
+from clipgeom.demo import build, train
+from clipgeom.demo import world as W
+from clipgeom.images import open_image
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+# Until the demo model is trained and the dataset built (issue 4), there is
+# nothing to check; once they are committed these tests always run.
+pytestmark = pytest.mark.skipif(
+    not (ASSETS / "demo-model" / "demo-clip.pt").exists(),
+    reason="demo assets not built yet: python -m clipgeom demo train && "
+           "python -m clipgeom demo build")
+
+
+def test_demo_assets_fit_the_size_budget():
+    model = ASSETS / "demo-model" / "demo-clip.pt"
+    assert model.stat().st_size <= 20 * 2 ** 20
+    demo = sum(p.stat().st_size for p in (ASSETS / "demo").rglob("*") if p.is_file())
+    assert demo <= 40 * 2 ** 20
+
+
+def test_demo_is_listed_read_only_and_valid(clipgeom_home):
+    rows = {r["name"]: r for r in store.list_datasets()}
+    assert rows["demo"]["read_only"] is True
+    ds = store.verify_dataset("demo")                 # re-hashes every file
+    assert ds.n_images == 3000 and ds.dim == 64
+    assert "concept_frequency" in ds.images.columns
+    steps = np.asarray(ds.extra_array("snapshot_steps"))
+    assert steps[0] == 0 and len(steps) >= 5
+    assert ds.extra_array(f"snapshot_image_{steps[-1]}").shape == (1000, 64)
+    with pytest.raises(Exception, match="read-only"):
+        store.delete_dataset("demo")
+
+
+def test_checkpoint_reproduces_the_shipped_embeddings(clipgeom_home):
+    ds = store.open_dataset("demo")
+    spec = embed.spec_from_manifest(ds.manifest["model"], "demo")
+    lm = embed.load_model(spec, "cpu")
+    rows = [0, 17, 2999]
+    pix = torch.stack([lm.preprocess(open_image(ds.thumb_path(r))) for r in rows])
+    got = embed.encode_image_batch(lm, pix)
+    want = np.asarray(ds.image_emb)[rows]
+    # thumbnails are JPEG re-encodings of the PNGs that were embedded: compare loosely,
+    # the captions exactly (fp16 weights, fp32 compute)
+    cos = np.sum(got * want, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    assert np.all(cos > 0.98)
+    caps = ds.texts["caption"].iloc[rows].tolist()
+    np.testing.assert_allclose(embed.encode_texts(lm, caps), np.asarray(ds.text_emb)[rows],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_quality_figures_recomputed_from_checkpoint():
+    recorded = json.loads((ASSETS / "demo-model" / "training.json").read_text())["final"]
+    cfg = train.TrainConfig()
+    held = train.heldout_world(cfg)
+    model, tok = train.build_model()
+    state = torch.load(ASSETS / "demo-model" / "demo-clip.pt", weights_only=True)
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    ie, te = train.raw_embeddings(model, tok, held.images(), list(held.captions))
+    q = train.evaluate(ie, te, held, np.arange(len(held.captions)))
+    for key in ("caption_true_i2t", "image_true_t2i", "recall_at_1", "recall_at_5"):
+        assert q[key] == pytest.approx(recorded[key], abs=0.01), key   # fp16 rounding
+    assert q["caption_true_i2t"] >= 0.70 and q["image_true_t2i"] >= 0.70
