@@ -345,3 +345,54 @@ def norm_histograms(summary: ModalitySummary, bins: int = 60) -> dict[str, Histo
 def variance_spectrum(summary: ModalitySummary) -> np.ndarray:
     """Per-feature variances sorted high to low (Fig. 5 left: a long tail = ellipsoid)."""
     return np.sort(summary.variance)[::-1]
+
+
+# --------------------------------------------------------------------------
+# Helpers for the dashboard's separability and shape pages (Fig. 2, 4, 14)
+
+
+def sample_rows(n: int, cap: int, seed: int = 0) -> np.ndarray:
+    """Sorted row indices: all of ``range(n)`` when n <= cap, else a seeded
+    sample of ``cap`` rows without replacement (for drawing large scatters)."""
+    validate.in_range(cap, 1, np.inf, "sample size")
+    return _sample_rows(int(n), int(cap), np.random.default_rng(seed))
+
+
+def centered_columns(x: np.ndarray, summary: ModalitySummary, features,
+                     rows=None) -> np.ndarray:
+    """Mean-subtracted feature values v~(l) = v(l) - m(l) of chosen features
+    (Double-Ellipsoid Fig. 4 top: the first features of v~ are centred at 0).
+
+    ``rows`` (indices) restricts to a sample; returns float64 [rows, features].
+    """
+    feats = np.asarray(features, dtype=np.int64)
+    if feats.size and (feats.min() < 0 or feats.max() >= summary.mean.shape[0]):
+        validate.in_range(int(feats.max()), 0, summary.mean.shape[0] - 1, "feature index")
+    block = np.asarray(x[rows] if rows is not None else x)
+    return np.asarray(block[:, feats], dtype=np.float64) - summary.mean[feats]
+
+
+def extreme_norms(norms: np.ndarray, k: int = 10) -> dict[str, list[dict]]:
+    """The k rows with the largest and the smallest norm (Double-Ellipsoid
+    Fig. 14: the largest-norm captions are the unusual ones).
+
+    Returns {"largest": [...], "smallest": [...]}, each a list of
+    {"row", "norm"} ordered from the most extreme; ties by row order.
+    """
+    v = np.asarray(norms, dtype=np.float64).ravel()
+    k = int(min(max(k, 0), v.size))
+    hi = np.argsort(-v, kind="stable")[:k]
+    lo = np.argsort(v, kind="stable")[:k]
+    return {"largest": [{"row": int(i), "norm": float(v[i])} for i in hi],
+            "smallest": [{"row": int(i), "norm": float(v[i])} for i in lo]}
+
+
+def boundary_line(weights, bias: float, x_range, y_range) -> tuple[np.ndarray, np.ndarray]:
+    """Two points of the line w . p + b = 0 (the SVM boundary of Fig. 2 right)
+    spanning ``x_range`` (or ``y_range`` when the line is near vertical)."""
+    w = np.asarray(weights, dtype=np.float64).ravel()
+    if abs(w[1]) >= abs(w[0]) * 1e-9 and w[1] != 0:
+        xs = np.asarray(x_range, dtype=np.float64)
+        return xs, -(w[0] * xs + bias) / w[1]
+    ys = np.asarray(y_range, dtype=np.float64)
+    return -(w[1] * ys + bias) / w[0], ys

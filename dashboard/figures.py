@@ -48,7 +48,8 @@ def show(fig: go.Figure, caption: str, *, key: str, height: int = 420) -> None:
 
 def table(df: pd.DataFrame, *, key: str, caption: str | None = None, height=None) -> None:
     """A dataframe with a CSV download."""
-    st.dataframe(df, width="stretch", hide_index=True, height=height)
+    kwargs = {} if height is None else {"height": height}
+    st.dataframe(df, width="stretch", hide_index=True, **kwargs)
     c1, c2 = st.columns([6, 1])
     if caption:
         c1.caption(caption)
