@@ -29,14 +29,14 @@ HERE = Path(__file__).resolve().parent
 
 # label -> (script in bench/, full-size extra args, quick extra args)
 BENCHMARKS = {
-    "conformity_exact": ("conformity_exact", [], ["--n", "100000", "--nn-n", "3000"]),
+    "conformity_exact": ("conformity_exact", ["--cold"], ["--n", "100000", "--nn-n", "3000"]),
     "alpha_sweep": ("alpha_sweep", [], ["--n", "3000"]),
     # The same sweep with torch limited to one thread: shows how much of the
     # default (two-thread) time is lost to thread synchronisation on a
     # shared 2-core machine (see docs/benchmarks.md).
     "alpha_sweep_1thread": ("alpha_sweep", ["--torch-threads", "1"],
                             ["--n", "3000", "--torch-threads", "1"]),
-    "report": ("report", [], ["--n", "10000"]),
+    "report": ("report", ["--repeat", "2"], ["--n", "10000"]),
 }
 
 

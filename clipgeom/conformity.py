@@ -194,3 +194,36 @@ def frequency_correlation(conformity_values, frequency) -> dict:
         raise InputError("need at least 3 items with a known frequency.")
     res = spearmanr(c[ok], f[ok])
     return {"rho": float(res.statistic), "p_value": float(res.pvalue), "n": int(ok.sum())}
+
+
+def query_conformity(query, reference, *, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+    """Conformity of new vectors to a set S, Double-Ellipsoid Def. 1 (Eq. 10).
+
+    C(q) = mean over v in S of cos(q, v) = (q / ||q||) . s / |S| with
+    s = sum_v v / ||v||, O(|S| d). Unlike :func:`exact_conformity` with
+    ``reference`` this accepts a single vector (1-D, or one row): the
+    conformity of a newly embedded caption against the dataset's captions.
+    """
+    q = np.asarray(query)
+    if q.ndim == 1:
+        q = q[None, :]
+    q = validate.embeddings(q, "query embedding", min_rows=1)
+    ref = validate.embeddings(reference, "reference embeddings", min_rows=1)
+    validate.same_width(q, ref, "query embedding", "reference embeddings")
+    s = rmatvec(ref, 1.0 / row_norms(ref, chunk), chunk)
+    q64 = q.astype(np.float64)
+    return (q64 @ s) / np.linalg.norm(q64, axis=1) / ref.shape[0]
+
+
+def conformity_ranking(values, *, most: bool = True) -> np.ndarray:
+    """Row indices ordered by conformity (Def. 1 values), for the ranked galleries.
+
+    ``most=True``: highest conformity first (the most "typical" items, Sec. 6
+    Fig. 8); ``most=False``: lowest first. Ties keep row order (stable);
+    NaN values go last in both orders.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1:
+        raise InputError(f"conformity values must be 1-D, got shape {v.shape}.")
+    key = np.where(np.isnan(v), np.inf, -v if most else v)
+    return np.argsort(key, kind="stable")

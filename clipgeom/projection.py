@@ -351,3 +351,71 @@ def umap_coords(x, *, n_neighbors: int = 15, min_dist: float = 0.1, metric: str 
         _save_atomic(path, out)
     report(1.0, "UMAP done")
     return out
+
+
+# --------------------------------------------------------------------------
+# intra-modal similarity recovery on a sample (intra-modal supplement Eq. 4-10)
+
+
+def intra_recovery_experiment(image, text, *, n_pairs: int = 300, k: int = 16,
+                              seed: int = 0) -> dict:
+    """Recover image-image similarities from image-text ones on a sample
+    (intra-modal misalignment supplement, Eq. 4-10; the recovery itself is
+    ``clipgeom.transforms.recover_intra_similarity``).
+
+    ``image`` and ``text`` are row-paired raw embeddings. A seeded sample of
+    ``n_pairs`` pairs (:func:`sample_rows`) is L2-normalised; both modalities
+    are projected on the top-``k`` right singular vectors of the stacked
+    unit rows (uncentred SVD, :func:`joint_svd_projection`) and
+    re-normalised, so the rows are unit vectors of rank k as the recovery
+    assumes (it caps the rank at 128 and needs N >= k(k+1)/2 rows). Then
+    S_inter = X_T X_I^T, the truth S_intra = X_I X_I^T, and the recovered
+    S_intra comes from S_inter alone.
+
+    Returns a dict: ``rows`` (sampled pair positions), ``k``, ``true`` and
+    ``recovered`` (the off-diagonal upper-triangle values, float64),
+    ``max_abs`` / ``rms`` (over the full matrices,
+    ``transforms.intra_recovery_error``), ``pearson`` (of the off-diagonal
+    values), ``residual`` (RMS of diag(V Q V^T) - 1), ``pca_energy`` (share
+    of the unit rows' second moment kept by the k components).
+    """
+    from .transforms import intra_recovery_error, recover_intra_similarity
+
+    img = validate.embeddings(image, "image embeddings")
+    txt = validate.embeddings(text, "text embeddings")
+    validate.paired(img, txt, "image embeddings", "text embeddings")
+    n, d = img.shape
+    if isinstance(n_pairs, bool) or not isinstance(n_pairs, (int, np.integer)) or n_pairs < 2:
+        raise InputError(f"n_pairs must be a whole number of at least 2, got {n_pairs!r}.")
+    k = _check_k(k, d)
+    rows = sample_rows(n, int(n_pairs), seed)
+    m = rows.shape[0]
+    need = k * (k + 1) // 2
+    if m < need:
+        raise InputError(
+            f"recovering rank-{k} similarities needs at least k(k+1)/2 = {need} pairs, "
+            f"but only {m} are used; lower k or use more pairs."
+        )
+    ui = np.asarray(img[rows], dtype=np.float64)
+    ut = np.asarray(txt[rows], dtype=np.float64)
+    ui /= np.linalg.norm(ui, axis=1, keepdims=True)
+    ut /= np.linalg.norm(ut, axis=1, keepdims=True)
+    proj = joint_svd_projection(ui, ut, k, center=False, normalize=False)
+    xi, xt = proj.image_coords, proj.text_coords
+    for x, name in ((xi, "image"), (xt, "text")):
+        nrm = np.linalg.norm(x, axis=1, keepdims=True)
+        if not np.all(nrm > 0):
+            raise InputError(f"some sampled {name} rows vanish in the top-{k} components; "
+                             "raise k.")
+        x /= nrm
+    truth = xi @ xi.T
+    rec = recover_intra_similarity(xt @ xi.T, rank=k)
+    err = intra_recovery_error(rec, truth)
+    iu = np.triu_indices(m, 1)
+    t_vals, r_vals = truth[iu], rec.s_intra[iu]
+    pearson = float(np.corrcoef(t_vals, r_vals)[0, 1]) if t_vals.std() > 0 and r_vals.std() > 0 \
+        else float("nan")
+    return {"rows": rows, "k": k, "true": t_vals, "recovered": r_vals,
+            "max_abs": err["max_abs"], "rms": err["rms"], "pearson": pearson,
+            "residual": rec.residual,
+            "pca_energy": float(proj.explained_variance_ratio[:k].sum())}

@@ -116,3 +116,23 @@ def test_home_page_renders_charts_without_errors(app_url, browser):
     assert page.get_by_text("Separable features").count() >= 1
     page.screenshot(path=str(ARTIFACTS / "home.png"), full_page=True)
     page.close()
+
+
+def _page_paths():
+    import re
+    for p in sorted((ROOT / "pages").glob("*.py")):
+        yield p.stem, re.sub(r"^\d+_", "", p.stem)
+
+
+@pytest.mark.parametrize("stem,url_path", list(_page_paths()))
+def test_every_page_renders_without_errors(app_url, browser, stem, url_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.goto(f"{app_url}/{url_path}")
+    _wait_for_run(page)
+    page.wait_for_selector(".js-plotly-plot", timeout=180_000)
+    _wait_for_run(page)
+    _assert_no_errors(page)
+    assert page.locator(".js-plotly-plot").count() >= 1
+    page.screenshot(path=str(ARTIFACTS / f"{stem}.png"), full_page=True)
+    page.close()

@@ -1,0 +1,207 @@
+"""Conformity: Double-Ellipsoid Sec. 6 (Def. 1-2, Eq. 10-11, Prop. 1; Figs. 8-10, 13)."""
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from clipgeom.errors import InputError
+from dashboard import data, figures, lossconf, ui
+
+st.set_page_config(page_title="clipgeom: conformity", page_icon="🔭", layout="wide")
+loaded = ui.dataset_picker()
+figures.presentation_toggle()
+ui.synthetic_banner(loaded)
+
+st.title("Conformity")
+st.caption("Double-Ellipsoid Sec. 6: the conformity of an item is its mean cosine to every "
+           "other item of its modality (Def. 1, Eq. 10), computed exactly in O(N d); it is "
+           "estimated by a·cos(m, v) + b with m the raw mean (Def. 2, Eq. 11).")
+
+fp = loaded.fingerprint
+stored = loaded.name != data.SYNTHETIC   # the in-memory generator has no tables
+box = figures.controls()
+with box:
+    bins = st.slider("Histogram bins (Fig. 10)", 10, 200, 50, step=10, key="conf_bins")
+    page_size = st.number_input("Gallery items per page", 4, 48, 12, step=4, key="conf_page_size")
+
+with ui.user_errors():
+    fits = lossconf.fits(fp, loaded)
+    hist = lossconf.distributions(fp, loaded, int(bins))
+
+# ------------------------------------------------------------------ Fig. 9
+st.subheader("Exact vs estimated conformity (Fig. 9, Prop. 1)")
+st.markdown(
+    "**Convention.** `a`, `b` fit Def. 2 as written, C ≈ a·cos(m, v) + b, so the estimate is "
+    "on the conformity scale. The numbers the paper reports (a = 1.461 images, 1.411 text) "
+    "are of the *reversed* regression, cos(m, v) ≈ a_paper·C + b_paper (its appendix: "
+    "\"the correlation is reversed in the main paper\"). Prop. 1 predicts "
+    "a = ‖m‖ / √(R² + ‖m‖²), i.e. a_paper ≈ 1/a (paper: 1.414).")
+rows = []
+for mod, f in fits.items():
+    rows.append({"modality": mod, "a": f.a, "b": f.b, "Pearson": f.pearson,
+                 "a (Prop. 1)": f.theory_a, "a_paper": f.a_paper, "b_paper": f.b_paper,
+                 "a_paper (Prop. 1)": f.theory_a_paper, "mean conformity": f.mean,
+                 "n": len(f.exact)})
+fit_df = pd.DataFrame(rows)
+cols = st.columns(2)
+for col, (mod, f) in zip(cols, fits.items()):
+    m1, m2, m3 = col.columns(3)
+    m1.metric(f"{mod}: Pearson", f"{f.pearson:.4f}")
+    m2.metric(f"{mod}: a · b", f"{f.a:.3f} · {f.b:+.4f}")
+    m3.metric(f"{mod}: a_paper vs Prop. 1", f"{f.a_paper:.3f} vs {f.theory_a_paper:.3f}")
+figures.table(height="auto", df=fit_df, key="conformity-fit",
+              caption="Double-Ellipsoid Def. 2 / Eq. 11 fits and Prop. 1's predicted slope.")
+
+fig = go.Figure()
+notes = []
+for mod, f in fits.items():
+    idx = lossconf.scatter_sample(len(f.exact), figures.MAX_SCATTER_POINTS)
+    if len(idx) < len(f.exact):
+        notes.append(f"{mod}: {len(idx):,} of {len(f.exact):,} points drawn (seeded sample)")
+    fig.add_trace(go.Scattergl(x=f.cos_mean[idx], y=f.exact[idx], mode="markers",
+                               name=f"{mod} (Pearson {f.pearson:.4f})",
+                               marker=dict(size=4, opacity=0.5), customdata=idx,
+                               hovertemplate=f"{mod} row %{{customdata}}<br>cos(m, v)="
+                                             "%{x:.4f}<br>conformity=%{y:.4f}<extra></extra>"))
+    order = np.argsort(f.cos_mean[idx])
+    fig.add_trace(go.Scattergl(x=f.cos_mean[idx][order], y=f.estimated[idx][order],
+                               mode="lines", name=f"{mod} fit a·cos + b",
+                               hovertemplate=f"{mod} estimate<br>cos(m, v)=%{{x:.4f}}"
+                                             "<br>Ĉ=%{y:.4f}<extra></extra>"))
+fig.update_layout(xaxis_title="cos(m, v) (Eq. 11)", yaxis_title="exact conformity C(v) (Eq. 10)")
+figures.show(fig, "Double-Ellipsoid Fig. 9: exact conformity (Def. 1) against the cosine to "
+                  "the modality mean, with the least-squares line of Def. 2 (paper: Pearson "
+                  "0.9998 on MS-COCO).", key="fig9-scatter")
+if notes:
+    st.caption("Sampled for drawing: " + "; ".join(notes) + ".")
+
+# ------------------------------------------------------------------ Fig. 10
+st.subheader("Image vs text conformity distributions (Fig. 10)")
+st.metric("KL(image ‖ text) of the conformity distributions", f"{hist.kl:.4f}")
+centres = (hist.edges[:-1] + hist.edges[1:]) / 2
+fig = go.Figure()
+for name, p in (("image", hist.first), ("text", hist.second)):
+    fig.add_trace(go.Bar(x=centres, y=p, name=name, opacity=0.6,
+                         hovertemplate=f"{name}<br>conformity≈%{{x:.4f}}<br>share=%{{y:.4f}}"
+                                       "<extra></extra>"))
+fig.update_layout(barmode="overlay", bargap=0, xaxis_title="exact conformity",
+                  yaxis_title="share of items")
+figures.show(fig, f"Double-Ellipsoid Fig. 10: the conformity distributions of the two "
+                  f"modalities on {len(centres)} shared bins; KL(image ‖ text) = {hist.kl:.4f} "
+                  "(paper ≈ 0.14 on MS-COCO).", key="fig10-hist")
+
+# ------------------------------------------------------------------ galleries (Fig. 8, 13)
+st.subheader("Most and least conforming items (Figs. 8, 13)")
+images_df = texts_df = None
+if stored:
+    with ui.user_errors():
+        images_df, texts_df = lossconf.tables(fp, loaded.name)
+g1, g2 = st.columns(2)
+gal_mod = g1.radio("Modality", ["image", "text"], horizontal=True, key="gal_modality")
+gal_order = g2.radio("Order", ["most conforming", "least conforming"], horizontal=True,
+                     key="gal_order")
+order = lossconf.ranking(fp, loaded, gal_mod, gal_order == "most conforming")
+n_pages = max(1, int(np.ceil(len(order) / int(page_size))))
+sig = (fp, gal_mod, gal_order, int(page_size))
+if "gal_page" not in st.session_state or st.session_state.get("gal_sig") != sig:
+    st.session_state["gal_page"] = 1       # a new ranking starts at its first page
+st.session_state["gal_sig"] = sig
+b1, b2, b3 = st.columns([1, 2, 1])
+if b1.button("◀ previous", key="gal_prev"):
+    st.session_state["gal_page"] = max(1, st.session_state["gal_page"] - 1)
+if b3.button("next ▶", key="gal_next"):
+    st.session_state["gal_page"] = min(n_pages, st.session_state["gal_page"] + 1)
+st.session_state["gal_page"] = min(max(1, st.session_state["gal_page"]), n_pages)
+page = b2.number_input(f"Page (of {n_pages})", 1, n_pages, key="gal_page")
+rows_here = order[(page - 1) * int(page_size): page * int(page_size)]
+exact = fits[gal_mod].exact
+
+gallery = pd.DataFrame({"rank": np.arange((page - 1) * int(page_size) + 1,
+                                          (page - 1) * int(page_size) + 1 + len(rows_here)),
+                        "row": rows_here, "conformity": exact[rows_here]})
+if gal_mod == "image" and images_df is not None:
+    gallery["image_id"] = images_df["image_id"].to_numpy()[rows_here]
+    gallery["source"] = images_df["source"].to_numpy()[rows_here]
+    caps = {}
+    if texts_df is not None:
+        for iid, cap in zip(texts_df["image_id"], texts_df["caption"]):
+            if iid is not None and iid not in caps:
+                caps[iid] = cap
+    gallery["caption"] = [caps.get(i, "") for i in gallery["image_id"]]
+elif gal_mod == "text" and texts_df is not None:
+    gallery["text_id"] = texts_df["text_id"].to_numpy()[rows_here]
+    gallery["caption"] = texts_df["caption"].to_numpy()[rows_here]
+
+thumbs = []
+if gal_mod == "image" and images_df is not None:
+    thumbs = [lossconf.thumb(loaded.name, int(r)) for r in rows_here]
+if thumbs and any(t is not None for t in thumbs):
+    grid = st.columns(4)
+    for k, (r, t) in enumerate(zip(rows_here, thumbs)):
+        label = f"#{gallery['rank'].iloc[k]} · C = {exact[r]:.4f}"
+        with grid[k % 4]:
+            if t is not None:
+                st.image(str(t), caption=label, width="stretch")
+            else:
+                st.caption(f"{label} · {gallery['source'].iloc[k]} (no thumbnail)")
+elif images_df is None and texts_df is None:
+    st.caption("This dataset has no thumbnails or captions (generated vectors): the "
+               "table lists row numbers.")
+gal_key = f"gallery-{gal_mod}-{'most' if 'most' in gal_order else 'least'}-p{page}"
+figures.table(height="auto", df=gallery, key=gal_key,
+              caption=f"Page {page} of {n_pages}: {gal_mod}s ranked by exact conformity "
+                      "(Def. 1), as in Double-Ellipsoid Figs. 8 and 13.")
+
+# ------------------------------------------------------------------ a typed caption
+st.subheader("Conformity of a new caption")
+if images_df is None:
+    st.info("Generated data records no CLIP model, so a typed caption cannot be embedded.")
+else:
+    try:
+        lossconf.model_spec(loaded.name)
+    except InputError as exc:
+        st.info(str(exc))
+    else:
+        caption = st.text_input("Caption", key="conf_caption",
+                                placeholder="a photo of a red circle")
+        if caption.strip():
+            with ui.user_errors():
+                value = lossconf.caption_conformity(fp, loaded.name, caption)
+            st.metric("Conformity to the dataset's captions (Def. 1)", f"{value:.4f}")
+            ft = fits["text"]
+            fig = go.Figure(go.Histogram(x=ft.exact, nbinsx=int(bins), name="dataset captions",
+                                         hovertemplate="conformity≈%{x:.4f}<br>count=%{y}"
+                                                       "<extra></extra>"))
+            fig.add_vline(x=value, line_dash="dash", annotation_text="your caption")
+            fig.update_layout(xaxis_title="conformity", yaxis_title="captions")
+            figures.show(fig, "Double-Ellipsoid Def. 1 / Fig. 10: the typed caption's mean "
+                              "cosine to every dataset caption, against the captions' own "
+                              "conformity.", key="caption-conformity", height=320)
+
+# ------------------------------------------------------------------ frequency
+st.subheader("Concept frequency vs conformity")
+freq = None
+if images_df is not None:
+    with ui.user_errors():
+        freq = lossconf.frequency(fp, loaded, loaded.name)
+if freq is None:
+    st.info(("This dataset's images table has no `concept_frequency` column"
+             if stored else "Generated data has no images table, so no `concept_frequency`")
+            + " (the bundled demo world records one), so conformity cannot be compared "
+              "with concept frequency.")
+else:
+    st.metric("Spearman ρ (image conformity vs concept frequency)", f"{freq['rho']:.4f}",
+              help=f"p = {freq['p_value']:.2g}, n = {freq['n']:,}")
+    idx = lossconf.scatter_sample(len(freq["frequency"]), figures.MAX_SCATTER_POINTS)
+    fig = go.Figure(go.Scattergl(x=freq["frequency"][idx], y=freq["conformity"][idx],
+                                 mode="markers", marker=dict(size=4, opacity=0.5),
+                                 customdata=idx, name="images",
+                                 hovertemplate="image row %{customdata}<br>frequency=%{x:.4g}"
+                                               "<br>conformity=%{y:.4f}<extra></extra>"))
+    fig.update_layout(xaxis_title="concept frequency", yaxis_title="exact conformity")
+    figures.show(fig, f"Double-Ellipsoid Sec. 6 (Prediction 1): common concepts conform more; "
+                      f"Spearman ρ = {freq['rho']:.3f}.", key="frequency")
+    if len(idx) < len(freq["frequency"]):
+        st.caption(f"Sampled for drawing: {len(idx):,} of {len(freq['frequency']):,} points "
+                   "(seeded).")
