@@ -83,14 +83,18 @@ def browser():
         b.close()
 
 
-def _wait_for_run(page, timeout_s=180):
-    """Wait until Streamlit has finished running the script."""
+def _wait_for_run(page, timeout_s=240):
+    """Wait until Streamlit has finished: no running indicator and no skeleton
+    placeholders, twice in a row half a second apart."""
     page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_s * 1000)
     deadline = time.time() + timeout_s
+    quiet = 0
     time.sleep(1.0)
     while time.time() < deadline:
-        running = page.locator('[data-testid="stStatusWidget"]').count()
-        if not running:
+        busy = (page.locator('[data-testid="stStatusWidget"]').count()
+                + page.locator('[data-testid="stSkeleton"]').count())
+        quiet = quiet + 1 if busy == 0 else 0
+        if quiet >= 2:
             return
         time.sleep(0.5)
     raise AssertionError("the app was still running after the timeout")
