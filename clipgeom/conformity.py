@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import validate
-from ._chunks import DEFAULT_CHUNK, column_mean, matvec, rmatvec, row_norms
+from ._chunks import DEFAULT_CHUNK, column_mean, matvec, rmatvec, row_chunks, row_norms
 from .errors import InputError
 from .geometry import HistogramPair, histogram_kl
 
@@ -110,17 +110,35 @@ def shifted_conformity(x, alpha: float, *, chunk: int = DEFAULT_CHUNK) -> np.nda
     ||v'||^2 = ||v||^2 - 2 alpha v.m + alpha^2 ||m||^2 and
     s' = sum_k v'_k / ||v'_k|| = X^T w - alpha m sum(w), w = 1 / ||v'||.
     """
+    return shifted_conformity_many(x, [alpha], chunk=chunk)[:, 0]
+
+
+def shifted_conformity_many(x, alphas, *, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+    """:func:`shifted_conformity` for several alphas at once: [N, len(alphas)].
+
+    The alpha-independent parts (mean, v.m, ||v||) are computed once, and all
+    alphas share one pass for X^T W and one for X S.
+    """
     x = validate.embeddings(x, "embeddings")
+    alphas = np.asarray(alphas, dtype=np.float64).ravel()
+    n = x.shape[0]
     m = column_mean(x, chunk)
     vm = matvec(x, m, chunk)
-    n2 = row_norms(x, chunk) ** 2 - 2 * alpha * vm + alpha ** 2 * float(m @ m)
+    nn = row_norms(x, chunk) ** 2
+    n2 = nn[:, None] - 2 * alphas[None, :] * vm[:, None] + alphas[None, :] ** 2 * float(m @ m)
     if np.any(n2 <= 1e-24):
-        row = int(np.flatnonzero(n2 <= 1e-24)[0])
-        raise InputError(f"alpha={alpha} maps row {row} to the zero vector.")
-    w = 1.0 / np.sqrt(n2)
-    s = rmatvec(x, w, chunk) - alpha * m * w.sum()
-    dots = matvec(x, s, chunk) - alpha * float(m @ s)
-    return (dots * w - 1.0) / (x.shape[0] - 1)
+        row, col = np.argwhere(n2 <= 1e-24)[0]
+        raise InputError(f"alpha={alphas[col]} maps row {int(row)} to the zero vector.")
+    w = 1.0 / np.sqrt(n2)                                       # [N, A]
+    s = np.zeros((x.shape[1], len(alphas)))
+    for sl in row_chunks(n, chunk):
+        s += np.asarray(x[sl], np.float64).T @ w[sl]
+    s -= m[:, None] * (alphas * w.sum(0))[None, :]              # [d, A]
+    dots = np.empty((n, len(alphas)))
+    for sl in row_chunks(n, chunk):
+        dots[sl] = np.asarray(x[sl], np.float64) @ s
+    dots -= (alphas * (m @ s))[None, :]
+    return (dots * w - 1.0) / (n - 1)
 
 
 @dataclass(frozen=True)
@@ -165,13 +183,13 @@ def conformity_kl_sweep(image, text, alphas, *, modality: str = "both",
     text = validate.embeddings(text, "text embeddings")
     validate.same_width(image, text, "image embeddings", "text embeddings")
     alphas = np.asarray(alphas, dtype=np.float64)
-    base_i = exact_conformity(image, chunk=chunk)
-    base_t = exact_conformity(text, chunk=chunk)
-    kls = []
-    for a in alphas:
-        ci = shifted_conformity(image, a, chunk=chunk) if modality in ("image", "both") else base_i
-        ct = shifted_conformity(text, a, chunk=chunk) if modality in ("text", "both") else base_t
-        kls.append(histogram_kl(ci, ct, bins=bins).kl)
+    zero = np.zeros(1)
+    ci = shifted_conformity_many(image, alphas if modality in ("image", "both") else zero,
+                                 chunk=chunk)
+    ct = shifted_conformity_many(text, alphas if modality in ("text", "both") else zero,
+                                 chunk=chunk)
+    kls = [histogram_kl(ci[:, min(k, ci.shape[1] - 1)], ct[:, min(k, ct.shape[1] - 1)],
+                        bins=bins).kl for k in range(len(alphas))]
     return ConformityKLSweep(alpha=alphas, kl=np.array(kls), modality=modality, bins=bins)
 
 
