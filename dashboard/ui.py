@@ -41,3 +41,15 @@ def synthetic_banner(loaded: data.Loaded) -> None:
                    "`clipgeom.synthetic.two_shells`, not CLIP embeddings. Import your own "
                    "embeddings with `python -m clipgeom import` to analyse a real model.",
                    icon="⚠️")
+
+
+def page_header(title: str):
+    """What every page does first: config, dataset picker, presentation switch,
+    synthetic-data banner. Returns the loaded dataset."""
+    from . import figures
+
+    st.set_page_config(page_title=f"clipgeom: {title}", page_icon="🔭", layout="wide")
+    loaded = dataset_picker()
+    figures.presentation_toggle()
+    synthetic_banner(loaded)
+    return loaded

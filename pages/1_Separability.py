@@ -7,11 +7,7 @@ import streamlit as st
 from clipgeom import geometry
 from dashboard import figures, shape, ui
 
-st.set_page_config(page_title="clipgeom: separability", page_icon="🔭", layout="wide")
-
-loaded = ui.dataset_picker()
-figures.presentation_toggle()
-ui.synthetic_banner(loaded)
+loaded = ui.page_header("separability")
 
 st.title("Separability of image and text embeddings")
 st.caption("Levi & Gilboa, *The Double-Ellipsoid Geometry of CLIP*, Sec. 4: "

@@ -6,12 +6,7 @@ from plotly.subplots import make_subplots
 
 from dashboard import figures, shape, ui
 
-st.set_page_config(page_title="clipgeom: thin shell and ellipsoid", page_icon="🔭",
-                   layout="wide")
-
-loaded = ui.dataset_picker()
-figures.presentation_toggle()
-ui.synthetic_banner(loaded)
+loaded = ui.page_header("thin shell and ellipsoid")
 
 st.title("Thin shell and ellipsoid")
 st.caption("Levi & Gilboa, *The Double-Ellipsoid Geometry of CLIP*, Sec. 3-4: with "

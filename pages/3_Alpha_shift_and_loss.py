@@ -8,10 +8,7 @@ import streamlit as st
 
 from dashboard import figures, lossconf, ui
 
-st.set_page_config(page_title="clipgeom: alpha shift & loss", page_icon="🔭", layout="wide")
-loaded = ui.dataset_picker()
-figures.presentation_toggle()
-ui.synthetic_banner(loaded)
+loaded = ui.page_header("alpha shift & loss")
 
 st.title("Alpha shift & the CLIP loss")
 st.caption("Double-Ellipsoid Sec. 5: the NT-Xent loss on the whole set as one batch "

@@ -8,10 +8,7 @@ import streamlit as st
 from clipgeom.errors import InputError
 from dashboard import data, figures, lossconf, ui
 
-st.set_page_config(page_title="clipgeom: conformity", page_icon="🔭", layout="wide")
-loaded = ui.dataset_picker()
-figures.presentation_toggle()
-ui.synthetic_banner(loaded)
+loaded = ui.page_header("conformity")
 
 st.title("Conformity")
 st.caption("Double-Ellipsoid Sec. 6: the conformity of an item is its mean cosine to every "

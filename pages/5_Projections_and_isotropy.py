@@ -8,11 +8,7 @@ import streamlit as st
 from clipgeom import projection
 from dashboard import figures, proj, ui
 
-st.set_page_config(page_title="Projections & isotropy · clipgeom", page_icon="🔭",
-                   layout="wide")
-loaded = ui.dataset_picker()
-figures.presentation_toggle()
-ui.synthetic_banner(loaded)
+loaded = ui.page_header("projections & isotropy")
 
 st.title("Projections & isotropy")
 st.caption("After Tyshchuk et al., *On Isotropy of Multimodal Embeddings* (Figs. 2-4, 8-13, "
