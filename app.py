@@ -38,6 +38,14 @@ st.markdown(f"**Model:** {loaded.model}  ·  **Input:** "
                if rep["normalized_input"] else "raw encoder output (not normalised)"))
 
 st.subheader("Headline numbers")
+links = st.columns(5)
+for col, (page, label) in zip(links, [
+        ("pages/1_Separability.py", "Separability →"),
+        ("pages/2_Thin_shell_and_ellipsoid.py", "Thin shell & ellipsoid →"),
+        ("pages/3_Alpha_shift_and_loss.py", "Alpha shift & loss →"),
+        ("pages/4_Conformity.py", "Conformity →"),
+        ("pages/5_Projections_and_isotropy.py", "Projections & isotropy →")]):
+    col.page_link(page, label=label)
 sep = rep["separability"]
 img, txt = rep["image"], rep["text"]
 
