@@ -44,7 +44,10 @@ from .errors import DatasetError, InputError
 SCHEMA_VERSION = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: Folder whose dataset children are bundled, read-only datasets.
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+# Bundled read-only datasets (the demo). CLIPGEOM_ASSETS points elsewhere
+# (tests use an empty folder so results do not depend on what is bundled).
+ASSETS_DIR = Path(os.environ.get("CLIPGEOM_ASSETS")
+                  or Path(__file__).resolve().parent.parent / "assets")
 
 MANIFEST = "manifest.json"
 IMAGE_EMB = "image_emb.npy"

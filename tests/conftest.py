@@ -15,10 +15,28 @@ sys.path.insert(0, str(ROOT))
 
 @pytest.fixture
 def clipgeom_home(tmp_path, monkeypatch):
-    """An empty CLIPGEOM_HOME for the test."""
+    """An empty CLIPGEOM_HOME, and no bundled datasets, for the test."""
+    from clipgeom import store
+
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("CLIPGEOM_HOME", str(home))
+    no_assets = tmp_path / "no-assets"
+    monkeypatch.setenv("CLIPGEOM_ASSETS", str(no_assets))
+    monkeypatch.setattr(store, "ASSETS_DIR", no_assets)
+    return home
+
+
+@pytest.fixture
+def bundled_home(tmp_path, monkeypatch):
+    """An empty CLIPGEOM_HOME with the repository's bundled datasets visible."""
+    from clipgeom import store
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("CLIPGEOM_HOME", str(home))
+    monkeypatch.delenv("CLIPGEOM_ASSETS", raising=False)
+    monkeypatch.setattr(store, "ASSETS_DIR", ROOT / "assets")
     return home
 
 

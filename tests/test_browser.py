@@ -45,7 +45,9 @@ def app_url(tmp_path_factory):
     _need_browser()
     home = tmp_path_factory.mktemp("home")
     port = _free_port()
-    env = dict(os.environ, CLIPGEOM_HOME=str(home), PYTHONPATH=str(ROOT))
+    # No bundled datasets: the pages open on the synthetic generator.
+    env = dict(os.environ, CLIPGEOM_HOME=str(home), PYTHONPATH=str(ROOT),
+               CLIPGEOM_ASSETS=str(home / "no-assets"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
          "--server.headless", "true", "--server.address", "127.0.0.1",

@@ -29,7 +29,7 @@ def test_demo_assets_fit_the_size_budget():
     assert demo <= 40 * 2 ** 20
 
 
-def test_demo_is_listed_read_only_and_valid(clipgeom_home):
+def test_demo_is_listed_read_only_and_valid(bundled_home):
     rows = {r["name"]: r for r in store.list_datasets()}
     assert rows["demo"]["read_only"] is True
     ds = store.verify_dataset("demo")                 # re-hashes every file
@@ -42,7 +42,7 @@ def test_demo_is_listed_read_only_and_valid(clipgeom_home):
         store.delete_dataset("demo")
 
 
-def test_checkpoint_reproduces_the_shipped_embeddings(clipgeom_home):
+def test_checkpoint_reproduces_the_shipped_embeddings(bundled_home):
     ds = store.open_dataset("demo")
     spec = embed.spec_from_manifest(ds.manifest["model"], "demo")
     lm = embed.load_model(spec, "cpu")

@@ -269,11 +269,13 @@ def test_progress_and_thread_settings(small):
     assert 1 <= ix.THREADS <= 8
 
 
-def test_read_only_dataset_index_lives_outside_assets(clipgeom_home, tmp_path, rng):
+def test_read_only_dataset_index_lives_outside_assets(clipgeom_home, tmp_path, rng,
+                                                      monkeypatch):
     img, txt = offset_gauss(rng, 60, 8), offset_gauss(rng, 40, 8)
     made = store.create_dataset("bundled", img, txt)
     assets = tmp_path / "assets"
     assets.mkdir()
+    monkeypatch.setattr(store, "ASSETS_DIR", assets)
     shutil.move(str(made.path), str(assets / "bundled"))
     ds = store.open_dataset("bundled")
     assert ds.read_only and ds.path == assets / "bundled"
