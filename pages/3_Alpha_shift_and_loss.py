@@ -75,27 +75,29 @@ else:
     c3.metric("Loss at α = 0 (unshifted, Eq. 7-8)",
               f"{float(sw.total[at0[0]]):.4f}" if at0.size else "α = 0 not in the grid")
 
+    def curves(series, xaxis_title, yaxis_title):
+        """One line per (name, values) over the alpha grid, each minimum starred."""
+        fig = go.Figure()
+        for name, y in series:
+            fig.add_trace(go.Scatter(x=sw.alpha, y=y, mode="lines+markers", name=name,
+                                     hovertemplate=hover))
+            mark_min(fig, sw.alpha, y, name)
+        fig.update_layout(xaxis_title=xaxis_title, yaxis_title=yaxis_title)
+        return fig
+
     st.subheader("Total, alignment and uniformity (Fig. 6, top)")
-    fig = go.Figure()
-    for name, y in (("total", sw.total), ("alignment", sw.alignment),
-                    ("uniformity", sw.uniformity)):
-        fig.add_trace(go.Scatter(x=sw.alpha, y=y, mode="lines+markers", name=name,
-                                 hovertemplate=hover))
-        mark_min(fig, sw.alpha, y, name)
-    fig.update_layout(xaxis_title=f"α (shift {modality}: v' = v − α m)", yaxis_title="loss")
+    fig = curves((("total", sw.total), ("alignment", sw.alignment),
+                  ("uniformity", sw.uniformity)),
+                 f"α (shift {modality}: v' = v − α m)", "loss")
     figures.show(fig, f"Double-Ellipsoid Fig. 6 (top), Eq. 7-8 under the shift of "
                       f"{ {'image': 'Eq. 9', 'text': 'Eq. 14', 'both': 'Eq. 15'}[modality] }: "
                       "loss = alignment + uniformity; ★ marks each curve's minimum. "
                       "The paper finds the total lowest near α = 0.", key="fig6-top")
 
     st.subheader("All, correctly and wrongly classified pairs (Fig. 6, bottom)")
-    fig = go.Figure()
-    for name, y in (("all pairs", sw.total), ("correct", sw.loss_correct),
-                    ("misclassified", sw.loss_misclassified)):
-        fig.add_trace(go.Scatter(x=sw.alpha, y=y, mode="lines+markers", name=name,
-                                 hovertemplate=hover))
-        mark_min(fig, sw.alpha, y, name)
-    fig.update_layout(xaxis_title=f"α (shift {modality})", yaxis_title="mean loss per pair")
+    fig = curves((("all pairs", sw.total), ("correct", sw.loss_correct),
+                  ("misclassified", sw.loss_misclassified)),
+                 f"α (shift {modality})", "mean loss per pair")
     figures.show(fig, "Double-Ellipsoid Fig. 6 (bottom): the mean per-pair loss over all "
                       "pairs, the correctly retrieved ones (image→text and text→image) and "
                       "the rest; ★ marks each minimum.", key="fig6-bottom")
