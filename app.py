@@ -17,8 +17,7 @@ st.caption("After Levi & Gilboa, *The Double-Ellipsoid Geometry of CLIP* (ICML 2
 
 loaded = ui.dataset_picker()
 figures.presentation_toggle()
-temperature = st.sidebar.number_input("Temperature τ (CLIP: 0.01)", min_value=0.001,
-                                      max_value=1.0, value=0.01, step=0.005, format="%.3f")
+temperature = ui.temperature_input(loaded)
 max_pairs = st.sidebar.number_input("Pairs in the loss batch", min_value=10,
                                     max_value=25000, value=5000, step=500,
                                     help="Paired measures use one caption per image, on a "
@@ -38,14 +37,17 @@ st.markdown(f"**Model:** {loaded.model}  ·  **Input:** "
                if rep["normalized_input"] else "raw encoder output (not normalised)"))
 
 st.subheader("Headline numbers")
-links = st.columns(5)
-for col, (page, label) in zip(links, [
-        ("pages/1_Separability.py", "Separability →"),
-        ("pages/2_Thin_shell_and_ellipsoid.py", "Thin shell & ellipsoid →"),
-        ("pages/3_Alpha_shift_and_loss.py", "Alpha shift & loss →"),
-        ("pages/4_Conformity.py", "Conformity →"),
-        ("pages/5_Projections_and_isotropy.py", "Projections & isotropy →")]):
-    col.page_link(page, label=label)
+PAGES = [("pages/1_Separability.py", "Separability →"),
+         ("pages/2_Thin_shell_and_ellipsoid.py", "Thin shell & ellipsoid →"),
+         ("pages/3_Alpha_shift_and_loss.py", "Alpha shift & loss →"),
+         ("pages/4_Conformity.py", "Conformity →"),
+         ("pages/5_Projections_and_isotropy.py", "Projections & isotropy →"),
+         ("pages/6_Search_and_interpolation.py", "Search & interpolation →"),
+         ("pages/7_Training_timeline.py", "Training timeline →"),
+         ("pages/8_Upload.py", "Upload your own →")]
+for row in (PAGES[:4], PAGES[4:]):
+    for col, (page, label) in zip(st.columns(4), row):
+        col.page_link(page, label=label)
 sep = rep["separability"]
 img, txt = rep["image"], rep["text"]
 
@@ -86,11 +88,9 @@ if rep["loss"]:
         fig.add_trace(go.Scatter(x=sw["alpha"], y=sw["total"], mode="lines+markers",
                                  name=f"shift {mod}",
                                  hovertemplate="α=%{x:.1f}<br>loss=%{y:.4f}"))
-    fig.update_layout(xaxis_title="α (v' = v − α m)", yaxis_title="CLIP loss",
-                      height=380, margin=dict(t=20))
-    st.plotly_chart(fig, width="stretch")
-    st.caption("Double-Ellipsoid Fig. 6 (top): the paper finds the minimum near α = 0 "
-               "for trained CLIP.")
+    fig.update_layout(xaxis_title="α (v' = v − α m)", yaxis_title="CLIP loss")
+    figures.show(fig, "Double-Ellipsoid Fig. 6 (top): the paper finds the minimum near α = 0 "
+                      "for trained CLIP.", key="home-alpha", height=380)
 else:
     st.info(f"Paired measures are unavailable: {rep['unavailable'].get('loss')}")
 
@@ -99,9 +99,9 @@ per = sorted(sep["per_feature"], reverse=True)
 fig = go.Figure(go.Scatter(y=per, mode="lines", name="Sep(l)",
                            hovertemplate="rank %{x}<br>Sep=%{y:.3f}"))
 fig.add_hline(y=1.0, line_dash="dash", annotation_text="Sep = 1")
-fig.update_layout(xaxis_title="features, sorted", yaxis_title="Sep(l)", height=320,
-                  margin=dict(t=20))
-st.plotly_chart(fig, width="stretch")
+fig.update_layout(xaxis_title="features, sorted", yaxis_title="Sep(l)")
+figures.show(fig, "Double-Ellipsoid Fig. 3 (left): features sorted by Eq. 5; those above the "
+                  "line act as modality tags.", key="home-sep", height=320)
 
 with st.expander("The full report (JSON)"):
     st.json(rep, expanded=False)

@@ -101,6 +101,15 @@ class LoadedModel:
     def default_batch_size(self) -> int:
         return DEFAULT_BATCH.get(self.device.type, 32)
 
+    @property
+    def temperature(self) -> Optional[float]:
+        """The model's own softmax temperature, 1 / exp(logit_scale) (CLIP: 0.01),
+        or None when it has no logit scale."""
+        scale = getattr(self.model, "logit_scale", None)
+        if scale is None:
+            return None
+        return float(1.0 / torch.as_tensor(scale).detach().float().exp().reshape(-1)[0])
+
 
 def _known_arch(name: str) -> None:
     import open_clip

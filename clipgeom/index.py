@@ -482,9 +482,16 @@ def _prepare_queries(queries, dim: int, name: str = "queries") -> np.ndarray:
 # Files
 # --------------------------------------------------------------------------
 
-def _paths(ds, modality: str) -> tuple[Path, Path]:
-    d = ds.index_dir
+def _paths(ds, modality: str, d: Path | None = None) -> tuple[Path, Path]:
+    d = ds.index_dir if d is None else d
     return d / f"{modality}.faiss", d / f"{modality}.json"
+
+
+def _shipped_dir(ds) -> Path | None:
+    """Indexes bundled inside a read-only dataset (the demo ships its own);
+    they are read in place, and any rebuild goes to the writable index_dir."""
+    d = ds.path / "index"
+    return d if ds.read_only and d.is_dir() else None
 
 
 def _sha256(path: Path) -> tuple[str, int]:
@@ -500,9 +507,9 @@ def _sha256(path: Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-def _read_info(ds, modality: str) -> IndexInfo | None:
+def _read_info(ds, modality: str, d: Path | None = None) -> IndexInfo | None:
     """The stored metadata if it describes this dataset's current arrays."""
-    _, meta = _paths(ds, modality)
+    _, meta = _paths(ds, modality, d)
     try:
         raw = json.loads(meta.read_text(encoding="utf-8"))
         info = IndexInfo(**{k: raw[k] for k in IndexInfo.__dataclass_fields__
@@ -517,13 +524,13 @@ def _read_info(ds, modality: str) -> IndexInfo | None:
     return info
 
 
-def _read_index(ds, modality: str, info: IndexInfo):
+def _read_index(ds, modality: str, info: IndexInfo, d: Path | None = None):
     """faiss.read_index of the stored file, or None if missing/corrupt/stale.
 
     The file's size and sha256 are checked against the metadata first, so a
     damaged file is never handed to faiss's reader.
     """
-    path, _ = _paths(ds, modality)
+    path, _ = _paths(ds, modality, d)
     try:
         if path.stat().st_size != info.file_bytes:
             return None
@@ -679,8 +686,15 @@ def load_index(ds, modality: str) -> tuple[faiss.Index, IndexInfo]:
         hit = _cache_get(ds, modality)
         if hit is not None:
             return hit
-        info = _read_info(ds, modality)
-        index = _read_index(ds, modality, info) if info is not None else None
+        index = None
+        for where in (_shipped_dir, lambda x: x.index_dir):
+            d = where(ds)
+            if d is None:
+                continue
+            info = _read_info(ds, modality, d)
+            index = _read_index(ds, modality, info, d) if info is not None else None
+            if index is not None:
+                break
         if index is None:
             # Keep a valid stored kind (e.g. an IVF forced on small data).
             build_index(ds, modality, force=True,

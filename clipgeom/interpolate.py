@@ -103,3 +103,62 @@ def vslerp(a, b, theta, alpha: float, mean) -> np.ndarray:
     sa = _vec(a - shift, "vector a - alpha * mean")
     sb = _vec(b - shift, "vector b - alpha * mean")
     return _slerp(sa, sb, theta, "vector a - alpha * mean", "vector b - alpha * mean") + shift
+
+
+def nearest_cosine(queries, targets, k: int = 1, *, chunk: int = 65536
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k cosine neighbours of each query row among ``targets`` rows.
+
+    Returns (rows [Q, k], cosines [Q, k]), best first. Targets are read in row
+    chunks (a memory-mapped array is never copied whole); zero target rows
+    never match. Used to show which items lie nearest a SLERP/vSLERP path.
+    """
+    q = np.atleast_2d(np.asarray(queries, dtype=np.float64))
+    x = validate.embeddings(targets, "targets", min_rows=1, allow_zero=True)
+    validate.same_width(q, x, "queries", "targets")
+    qn = np.linalg.norm(q, axis=1, keepdims=True)
+    if np.any(qn == 0) or not np.isfinite(q).all():
+        raise InputError("a query vector is zero or not finite; its cosine is undefined.")
+    q = q / qn
+    k = int(min(max(1, k), x.shape[0]))
+    best_rows = np.zeros((q.shape[0], 0), dtype=np.int64)
+    best_cos = np.zeros((q.shape[0], 0))
+    for start in range(0, x.shape[0], chunk):
+        block = np.asarray(x[start:start + chunk], dtype=np.float64)
+        norms = np.linalg.norm(block, axis=1)
+        cos = (block @ q.T).T / np.where(norms > 0, norms, np.inf)
+        cos[:, norms == 0] = -np.inf
+        rows = np.concatenate([best_rows, np.broadcast_to(
+            np.arange(start, start + len(block)), cos.shape)], axis=1)
+        vals = np.concatenate([best_cos, cos], axis=1)
+        top = np.argsort(-vals, axis=1, kind="stable")[:, :k]
+        best_rows = np.take_along_axis(rows, top, 1)
+        best_cos = np.take_along_axis(vals, top, 1)
+    return best_rows, best_cos
+
+
+def compare_paths(a, b, mean, thetas, alpha: float, targets: dict) -> dict:
+    """SLERP vs vSLERP between ``a`` and ``b`` and what lies nearest each point
+    (Double-Ellipsoid Sec. 7.2, Fig. 12).
+
+    For ``path`` in ("slerp", "vslerp") returns the points [T, d], their
+    cos(m, x) (how far along the shell's "conformity" axis they sit: the
+    endpoints' own values bracket it on vSLERP, SLERP dips inward), their
+    norms, and for each name in ``targets`` ({name: [N, d] array}) the nearest
+    row and its cosine at every theta.
+    """
+    thetas = np.asarray(thetas, dtype=np.float64).ravel()
+    m = np.asarray(mean, dtype=np.float64)
+    mn = np.linalg.norm(m)
+    out = {"thetas": thetas}
+    for name, pts in (("slerp", slerp(a, b, thetas)),
+                      ("vslerp", vslerp(a, b, thetas, alpha, m))):
+        norms = np.linalg.norm(pts, axis=1)
+        res = {"points": pts, "norm": norms,
+               "cos_to_mean": (pts @ m) / (norms * mn) if mn > 0 else np.full(len(pts), np.nan)}
+        for tname, x in targets.items():
+            rows, cos = nearest_cosine(pts, x, 1)
+            res[f"nearest_{tname}"] = rows[:, 0]
+            res[f"nearest_{tname}_cos"] = cos[:, 0]
+        out[name] = res
+    return out

@@ -170,6 +170,14 @@ def run(name: str, items: ItemList, spec: embed.ModelSpec, opts: JobOptions = Jo
     return ds
 
 
+def _model_manifest(lm) -> dict:
+    """The spec plus the model's learned temperature (pages default to it)."""
+    out = lm.spec.to_manifest()
+    if lm.temperature is not None:
+        out["temperature"] = lm.temperature
+    return out
+
+
 def _assemble(name, items: ItemList, lm, job: Path, n_chunks: int, t_chunks: int,
               truncated: int, bs: int, opts: JobOptions, h: Path) -> "store.Dataset":
     embs, rows, skipped = [], [], [dict(item=s.item, reason=s.reason) for s in items.skipped]
@@ -221,6 +229,6 @@ def _assemble(name, items: ItemList, lm, job: Path, n_chunks: int, t_chunks: int
                            "context_length": lm.context_length,
                            "normalized": False}}
     return store.create_dataset(name, image_emb, text_emb, images, texts_df,
-                                model=lm.spec.to_manifest(), source=items.source,
+                                model=_model_manifest(lm), source=items.source,
                                 extra_manifest=extra, overwrite=opts.overwrite, home=h,
                                 thumbs_dir=thumbs)

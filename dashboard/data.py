@@ -27,6 +27,12 @@ class Loaded:
     model: str
     normalized_input: dict = field(default_factory=dict)
     source: dict = field(default_factory=dict)
+    temperature: float | None = None      # the model's learned τ, when recorded
+
+    @property
+    def default_temperature(self) -> float:
+        """The model's own τ where the dataset records it, else CLIP's 0.01."""
+        return float(self.temperature) if self.temperature else 0.01
 
 
 def dataset_names() -> list[str]:
@@ -59,7 +65,8 @@ def _open_stored(name: str, fingerprint: str) -> Loaded:
     return Loaded(name=name, image=ds.image_emb, text=ds.text_emb, pair_image_rows=ii,
                   pair_text_rows=tt, fingerprint=ds.fingerprint,
                   synthetic=source.get("kind") == "synthetic", model=desc,
-                  normalized_input=ds.normalized_input, source=source)
+                  normalized_input=ds.normalized_input, source=source,
+                  temperature=model.get("temperature"))
 
 
 def open_dataset(name: str) -> Loaded:

@@ -62,3 +62,17 @@ def controls():
     if presentation_mode():
         return st.sidebar.expander("Controls", expanded=False)
     return st.sidebar
+
+
+def gallery(items: list[tuple], *, columns: int = 4) -> None:
+    """A grid of (thumbnail path or None, label) cards; items without a
+    thumbnail show their label alone."""
+    if presentation_mode():
+        columns = max(2, columns - 1)
+    grid = st.columns(columns)
+    for k, (thumb, label) in enumerate(items):
+        with grid[k % columns]:
+            if thumb is not None:
+                st.image(str(thumb), caption=label, width="stretch")
+            else:
+                st.caption(label)

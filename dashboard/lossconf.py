@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from clipgeom import conformity, embed, loss, search, store
+from clipgeom import conformity, embed, loss, search, store, upload
 
 from .data import Loaded
 
@@ -150,3 +150,22 @@ def caption_conformity(fingerprint: str, name: str, caption: str) -> float:
     query_model(embed.spec_from_manifest(ds.manifest.get("model"), ds.name))
     vec = search.embed_query(ds, text=caption)
     return float(conformity.query_conformity(vec, ds.text_emb)[0])
+
+
+@st.cache_data(show_spinner="embedding the image…", max_entries=32)
+def image_conformity(fingerprint: str, name: str, filename: str, data: bytes) -> float:
+    """Conformity of an uploaded image against the dataset's images (Def. 1)."""
+    ds = store.open_dataset(name)
+    query_model(embed.spec_from_manifest(ds.manifest.get("model"), ds.name))
+    with upload.as_file(filename, data) as path:
+        vec = search.embed_query(ds, image=str(path))
+    return float(conformity.query_conformity(vec, ds.image_emb)[0])
+
+
+@st.cache_data(show_spinner="comparing conformity distributions…", max_entries=16)
+def compare_datasets(fp_a: str, _a: Loaded, fp_b: str, _b: Loaded, modality: str,
+                     bins: int):
+    """Conformity (each set against itself, Def. 1) of one modality in two
+    datasets, on shared bins, with KL(a || b) (Sec. 7.1: real vs generated)."""
+    x = (lambda d: d.image) if modality == "image" else (lambda d: d.text)
+    return conformity.conformity_kl(x(_a), x(_b), bins=bins)

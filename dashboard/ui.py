@@ -11,15 +11,26 @@ from clipgeom.errors import ClipgeomError
 from . import data
 
 
+def _remember_dataset() -> None:
+    st.session_state["dataset"] = st.session_state["dataset_select"]
+
+
 def dataset_picker() -> data.Loaded | None:
-    """The sidebar dataset selector; the choice is kept across pages."""
+    """The sidebar dataset selector; the choice is kept across pages.
+
+    Streamlit drops a widget's state when the user switches pages, so the
+    choice lives in the plain key "dataset" and is copied into the widget
+    before it is drawn (the pattern Streamlit documents for multipage apps).
+    """
     names = data.dataset_names()
-    current = st.session_state.get("dataset")
-    if current not in names:
-        current = names[0]
-    choice = st.sidebar.selectbox("Dataset", names, index=names.index(current),
-                                  key="dataset_select")
-    st.session_state["dataset"] = choice
+    request = st.session_state.pop("dataset_request", None)   # e.g. a fresh upload
+    if request in names:
+        st.session_state["dataset"] = request
+    if st.session_state.get("dataset") not in names:
+        st.session_state["dataset"] = names[0]
+    st.session_state["dataset_select"] = st.session_state["dataset"]
+    choice = st.sidebar.selectbox("Dataset", names, key="dataset_select",
+                                  on_change=_remember_dataset)
     with user_errors():
         return data.open_dataset(choice)
     return None
@@ -53,3 +64,15 @@ def page_header(title: str):
     figures.presentation_toggle()
     synthetic_banner(loaded)
     return loaded
+
+
+def temperature_input(loaded: data.Loaded, where=None) -> float:
+    """The softmax temperature control, defaulting to the dataset's model's own τ
+    (reset when the dataset changes: the key holds its fingerprint)."""
+    where = where or st.sidebar
+    own = loaded.temperature
+    label = "Temperature τ" + (f" (this model: {own:.4f}; CLIP: 0.01)" if own else
+                               " (CLIP: 0.01)")
+    return float(where.number_input(label, min_value=0.001, max_value=1.0,
+                                    value=round(loaded.default_temperature, 4), step=0.005,
+                                    format="%.4f", key=f"temperature-{loaded.fingerprint}"))

@@ -21,9 +21,7 @@ with box:
                        step=0.1, key="alpha_range")
     step = st.number_input("α step", min_value=0.01, max_value=1.0, value=0.1, step=0.05,
                            format="%.2f", key="alpha_step")
-    temperature = st.number_input("Temperature τ (CLIP: 0.01)", min_value=0.001,
-                                  max_value=1.0, value=0.01, step=0.005, format="%.3f",
-                                  key="loss_temperature")
+    temperature = ui.temperature_input(loaded, st)
     modality = st.radio("Which modality moves", ["image", "text", "both"], horizontal=True,
                         key="alpha_modality",
                         help="image: Eq. 9; text: Eq. 14; both, each by its own mean: Eq. 15.")

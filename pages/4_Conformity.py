@@ -41,9 +41,8 @@ for mod, f in fits.items():
                  "a_paper (Prop. 1)": f.theory_a_paper, "mean conformity": f.mean,
                  "n": len(f.exact)})
 fit_df = pd.DataFrame(rows)
-cols = st.columns(2)
-for col, (mod, f) in zip(cols, fits.items()):
-    m1, m2, m3 = col.columns(3)
+for mod, f in fits.items():          # one row per modality: wide enough for the values
+    m1, m2, m3 = st.columns(3)
     m1.metric(f"{mod}: Pearson", f"{f.pearson:.4f}")
     m2.metric(f"{mod}: a · b", f"{f.a:.3f} · {f.b:+.4f}")
     m3.metric(f"{mod}: a_paper vs Prop. 1", f"{f.a_paper:.3f} vs {f.theory_a_paper:.3f}")
@@ -150,31 +149,73 @@ figures.table(height="auto", df=gallery, key=gal_key,
               caption=f"Page {page} of {n_pages}: {gal_mod}s ranked by exact conformity "
                       "(Def. 1), as in Double-Ellipsoid Figs. 8 and 13.")
 
-# ------------------------------------------------------------------ a typed caption
-st.subheader("Conformity of a new caption")
+# ------------------------------------------------------------------ a new caption or image
+st.subheader("Conformity of a new caption or image")
+
+
+def query_histogram(values, value: float, what: str, key: str) -> None:
+    fig = go.Figure(go.Histogram(x=values, nbinsx=int(bins), name=f"dataset {what}s",
+                                 hovertemplate="conformity≈%{x:.4f}<br>count=%{y}"
+                                               "<extra></extra>"))
+    fig.add_vline(x=value, line_dash="dash", annotation_text=f"your {what}")
+    fig.update_layout(xaxis_title="conformity", yaxis_title=f"{what}s")
+    figures.show(fig, f"Double-Ellipsoid Def. 1 / Fig. 10: the new {what}'s mean cosine to "
+                      f"every dataset {what}, against the {what}s' own conformity.",
+                 key=key, height=320)
+
+
 if images_df is None:
-    st.info("Generated data records no CLIP model, so a typed caption cannot be embedded.")
+    st.info("Generated data records no CLIP model, so a new caption or image cannot be "
+            "embedded.")
 else:
     try:
         lossconf.model_spec(loaded.name)
     except InputError as exc:
         st.info(str(exc))
     else:
-        caption = st.text_input("Caption", key="conf_caption",
-                                placeholder="a photo of a red circle")
-        if caption.strip():
-            with ui.user_errors():
-                value = lossconf.caption_conformity(fp, loaded.name, caption)
-            st.metric("Conformity to the dataset's captions (Def. 1)", f"{value:.4f}")
-            ft = fits["text"]
-            fig = go.Figure(go.Histogram(x=ft.exact, nbinsx=int(bins), name="dataset captions",
-                                         hovertemplate="conformity≈%{x:.4f}<br>count=%{y}"
-                                                       "<extra></extra>"))
-            fig.add_vline(x=value, line_dash="dash", annotation_text="your caption")
-            fig.update_layout(xaxis_title="conformity", yaxis_title="captions")
-            figures.show(fig, "Double-Ellipsoid Def. 1 / Fig. 10: the typed caption's mean "
-                              "cosine to every dataset caption, against the captions' own "
-                              "conformity.", key="caption-conformity", height=320)
+        left, right = st.columns(2)
+        with left:
+            caption = st.text_input("Caption", key="conf_caption",
+                                    placeholder="a photo of a red circle")
+            if caption.strip():
+                with ui.user_errors():
+                    value = lossconf.caption_conformity(fp, loaded.name, caption)
+                st.metric("Conformity to the dataset's captions (Def. 1)", f"{value:.4f}")
+                query_histogram(fits["text"].exact, value, "caption", "caption-conformity")
+        with right:
+            up = st.file_uploader("Image", type=["png", "jpg", "jpeg", "webp", "bmp"],
+                                  key="conf_image")
+            if up is not None:
+                with ui.user_errors():
+                    value = lossconf.image_conformity(fp, loaded.name, up.name, up.getvalue())
+                st.metric(f"Conformity of {up.name} to the dataset's images (Def. 1)",
+                          f"{value:.4f}")
+                query_histogram(fits["image"].exact, value, "image", "image-conformity")
+
+# ------------------------------------------------------------------ two datasets
+st.subheader("Two datasets compared (Sec. 7.1)")
+others = [n for n in data.dataset_names() if n != loaded.name]
+c1, c2 = st.columns([2, 1])
+other_name = c1.selectbox("Compare with", others, key="conf_other",
+                          help="E.g. real vs generated images: the paper finds generated "
+                               "images conform more than real ones.")
+cmp_mod = c2.radio("Modality", ["image", "text"], horizontal=True, key="conf_cmp_mod")
+if other_name:
+    with ui.user_errors():
+        other = data.open_dataset(other_name)
+        cmp = lossconf.compare_datasets(fp, loaded, other.fingerprint, other, cmp_mod,
+                                        int(bins))
+    centres = (cmp.edges[:-1] + cmp.edges[1:]) / 2
+    fig = go.Figure()
+    for label, p in ((loaded.name, cmp.first), (other_name, cmp.second)):
+        fig.add_trace(go.Bar(x=centres, y=p, name=label, opacity=0.6,
+                             hovertemplate=f"{label}<br>conformity≈%{{x:.4f}}<br>share="
+                                           "%{y:.4f}<extra></extra>"))
+    fig.update_layout(barmode="overlay", bargap=0, xaxis_title=f"{cmp_mod} conformity "
+                      "(within its own dataset)", yaxis_title="share of items")
+    figures.show(fig, f"Double-Ellipsoid Sec. 7.1: {cmp_mod} conformity distributions of two "
+                      f"datasets on shared bins; KL({loaded.name} ‖ {other_name}) = "
+                      f"{cmp.kl:.4f}.", key="conformity-compare", height=340)
 
 # ------------------------------------------------------------------ frequency
 st.subheader("Concept frequency vs conformity")

@@ -148,7 +148,7 @@ method = c1.selectbox("Transform", list(proj.METHOD_LABELS), key="lab_method",
 k = c2.slider("Whitening k", 2, d_lab, min(d_lab, 32), key="lab_k",
               help="Number of whitened principal directions (used by 'whiten').")
 train_fraction = c3.slider("Train fraction", 0.5, 0.9, 0.8, step=0.05, key="lab_train")
-temperature = 0.01
+temperature = loaded.default_temperature     # the model's own τ where recorded
 if loaded.pair_image_rows.shape[0] < 4:
     st.info("The transform lab needs at least 4 image-caption pairs.")
 else:

@@ -82,3 +82,16 @@ def image_folder(tmp_path):
     rows.append("img0.jpg,another caption of the first image")
     (tmp_path / "captions.csv").write_text("\n".join(rows) + "\n")
     return root, tmp_path / "captions.csv"
+
+
+@pytest.fixture
+def checkpoint(tiny_model_config, tmp_path):
+    """Weights for the tiny config, so every load gives the same model."""
+    import torch
+
+    from clipgeom import embed
+
+    torch.manual_seed(11)
+    ck = tmp_path / "tiny.pt"
+    torch.save(embed.load_model(embed.ModelSpec(str(tiny_model_config))).model.state_dict(), ck)
+    return ck

@@ -286,6 +286,30 @@ def test_read_only_dataset_index_lives_outside_assets(clipgeom_home, tmp_path, r
     assert not list((assets / "bundled" / "index").iterdir())
 
 
+def test_index_shipped_inside_a_read_only_dataset_is_used_in_place(
+        clipgeom_home, tmp_path, rng, monkeypatch):
+    img, txt = offset_gauss(rng, 60, 8), offset_gauss(rng, 40, 8)
+    made = store.create_dataset("bundled", img, txt)
+    ix.build_index(made, "text")                    # built before it is bundled
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    monkeypatch.setattr(store, "ASSETS_DIR", assets)
+    shutil.move(str(made.path), str(assets / "bundled"))
+    ix.clear_cache()
+    ds = store.open_dataset("bundled")
+    res = ix.search_item(ds, "image", 0, "text", k=4)
+    assert_same_ranking(res, *brute_topk(img[:1], txt, 4))
+    assert not (ds.index_dir / "text.faiss").exists()      # nothing rebuilt in home
+    # a damaged shipped index is ignored and rebuilt in home, assets untouched
+    shipped = assets / "bundled" / "index" / "text.faiss"
+    before = shipped.read_bytes()
+    shipped.write_bytes(before[:-8])
+    ix.clear_cache()
+    res = ix.search_item(store.open_dataset("bundled"), "image", 0, "text", k=4)
+    assert_same_ranking(res, *brute_topk(img[:1], txt, 4))
+    assert (ds.index_dir / "text.faiss").is_file()
+
+
 def test_ivf_batch_search_equals_faiss_search(rng):
     x = offset_gauss(rng, 3000, 32)
     index, params = ix.build_faiss_index(x, "ivf")

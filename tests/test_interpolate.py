@@ -70,3 +70,51 @@ def test_vslerp_alpha_zero_is_slerp_and_alpha_one_rotates_around_mean():
     np.testing.assert_allclose(np.linalg.norm(path - m, axis=1), r, atol=1e-12)
     with pytest.raises(InputError, match="mean"):
         vslerp(a, b, 0.5, 1.0, m[:4])
+
+
+# ---- nearest items along a path (the Search & interpolation page) -----------
+
+
+def test_nearest_cosine_matches_brute_force_across_chunks(rng):
+    from clipgeom.interpolate import nearest_cosine
+
+    x = rng.standard_normal((700, 9))
+    x[5] = 0.0                                  # a zero row never matches
+    q = rng.standard_normal((4, 9))
+    rows, cos = nearest_cosine(q, x, 6, chunk=64)
+    norms = np.linalg.norm(x, axis=1)
+    full = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (
+        x / np.where(norms > 0, norms, np.inf)[:, None]).T
+    full[:, 5] = -np.inf
+    want = np.argsort(-full, axis=1, kind="stable")[:, :6]
+    assert (rows == want).all()
+    np.testing.assert_allclose(cos, np.take_along_axis(full, want, 1), atol=1e-12)
+    with pytest.raises(InputError, match="zero"):
+        nearest_cosine(np.zeros(9), x)
+
+
+def test_compare_paths_endpoints_and_shell(rng):
+    """Both paths start and end at the endpoints; vSLERP around the mean keeps
+    ||x - m|| between the endpoints' (it stays on the shell), SLERP does not
+    have to; the nearest rows are the brute-force argmax of the cosine."""
+    from clipgeom.interpolate import compare_paths
+
+    m = np.r_[8.0, 3.0, np.zeros(6)]
+    x = m + rng.standard_normal((300, 8))
+    a, b = x[0], x[1]
+    th = np.linspace(0, 1, 9)
+    res = compare_paths(a, b, x.mean(0), th, 1.0, {"image": x})
+    for key in ("slerp", "vslerp"):
+        p = res[key]["points"]
+        np.testing.assert_allclose(p[0], a, atol=1e-9)
+        np.testing.assert_allclose(p[-1], b, atol=1e-9)
+        u = p / np.linalg.norm(p, axis=1, keepdims=True)
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+        assert (res[key]["nearest_image"] == (u @ xn.T).argmax(1)).all()
+        mm = x.mean(0)
+        np.testing.assert_allclose(res[key]["cos_to_mean"],
+                                   u @ (mm / np.linalg.norm(mm)), rtol=1e-10)
+    mm = x.mean(0)
+    r = np.linalg.norm(res["vslerp"]["points"] - mm, axis=1)
+    lo, hi = sorted([np.linalg.norm(a - mm), np.linalg.norm(b - mm)])
+    assert (r >= lo - 1e-9).all() and (r <= hi + 1e-9).all()

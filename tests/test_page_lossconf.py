@@ -89,7 +89,15 @@ def test_conformity_page_on_a_stored_dataset(clipgeom_home):
     assert not at.exception
     assert not at.error
     charts = at.get("plotly_chart")
-    assert len(charts) == 3                           # Fig. 9, Fig. 10, frequency
+    assert len(charts) == 4        # Fig. 9, Fig. 10, two datasets compared, frequency
+    # the comparison (default: the synthetic generator) is KL of the two exact
+    # conformity distributions, each within its own set
+    p = data.SYNTHETIC_PARAMS
+    syn = synthetic.two_shells(p["n"], p["dim"], seed=p["seed"])
+    want = conformity.conformity_kl(d.image, syn.image, bins=50).kl
+    cmp = _chart(at, 2)
+    assert cmp["data"][1]["name"] == data.SYNTHETIC
+    assert f"= {want:.4f}" in " ".join(c.value for c in at.caption)
     assert _chart(at, 0)["data"][0]["type"] == "scattergl"
     m = _metrics(at)
     # Pearson of exact (N x N) conformity vs cos to the mean, computed independently

@@ -1,7 +1,6 @@
 """Page 5, Projections & isotropy (AppTest, synthetic data), and the intra-modal
 recovery experiment checked against an independent computation."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from clipgeom import projection, synthetic
 from clipgeom.errors import InputError
+from apptest_helpers import arr as _arr, figures as _figures, metrics as _metrics
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "5_Projections_and_isotropy.py")
 
@@ -62,26 +62,6 @@ def test_intra_recovery_experiment_rejects_too_few_pairs(rng):
 
 
 # ---- the page ----------------------------------------------------------------
-
-
-def _metrics(at):
-    return {m.label: m.value for m in at.metric}
-
-
-def _arr(v):
-    """A plotly JSON array: a list, or plotly's typed-array form {dtype, bdata[, shape]}."""
-    if isinstance(v, dict) and "bdata" in v:
-        import base64
-
-        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
-        if "shape" in v:
-            a = a.reshape([int(x) for x in str(v["shape"]).split(",")])
-        return a.astype(float)
-    return np.array(v, dtype=float)
-
-
-def _figures(at):
-    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
 
 
 def _spectrum(at):

@@ -4,22 +4,12 @@ import io
 import zipfile
 
 import numpy as np
-import pytest
-import torch
 
 from clipgeom import embed, fetch, store
 from clipgeom.__main__ import main
 
 from fixtures_media import make_coco, make_coco_annotations_zip
 from test_fetch import serve
-
-
-@pytest.fixture
-def checkpoint(tiny_model_config, tmp_path):
-    torch.manual_seed(11)
-    ck = tmp_path / "tiny.pt"
-    torch.save(embed.load_model(embed.ModelSpec(str(tiny_model_config))).model.state_dict(), ck)
-    return ck
 
 
 def test_fetch_coco_then_coco_command(tmp_path, clipgeom_home, tiny_model_config, checkpoint,

@@ -4,8 +4,8 @@ The demo is ~3,000 pairs of the generated world (a seed of its own, so
 neither the training nor the held-out world), embedded through the same
 pipeline a user's images go through (folder + captions file -> ItemList ->
 embedding job with ``--checkpoint``), plus the world's metadata (concept
-frequencies) and the training snapshots, written read-only to
-``assets/demo/``.
+frequencies), the training snapshots and exact FAISS indexes, written
+read-only to ``assets/demo/``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
-from .. import embed, ingest, job, store
+from .. import embed, index, ingest, job, store
 from . import world as W
 
 ASSETS = Path(__file__).resolve().parent.parent.parent / "assets"
@@ -48,6 +48,16 @@ def write_world_folder(world: "W.World", folder: Path) -> Path:
     return path
 
 
+def _snapshot_quality(model_dir: Path) -> list[dict]:
+    """The held-out quality at each snapshot step, from the training log."""
+    import json
+    log = model_dir / "training.json"
+    if not log.exists():
+        return []
+    curve = json.loads(log.read_text()).get("curve", [])
+    return [{"step": c["step"], "eval": c["eval"]} for c in curve if "eval" in c]
+
+
 def build_demo(model_dir: Path = MODEL_DIR, out_dir: Path = DEMO_DIR, n: int = 3000,
                seed: int = DEMO_SEED, progress: Optional[Callable] = None) -> Path:
     """Embed ``n`` world pairs with the demo model into ``out_dir`` (replaced whole)."""
@@ -61,7 +71,7 @@ def build_demo(model_dir: Path = MODEL_DIR, out_dir: Path = DEMO_DIR, n: int = 3
         keep = [c for c in meta.columns if c not in ("image_id",)]
         items.images = items.images.merge(meta[keep], on="source", how="left")
         spec = model_spec(model_dir)
-        ds = job.run("demo", items, spec, job.JobOptions(workers=0, build_index=False),
+        ds = job.run("demo-embed", items, spec, job.JobOptions(workers=0, build_index=False),
                      progress=progress, home=tmp / "home")
         snaps = np.load(model_dir / "snapshots.npz", allow_pickle=False)
         extras = {"snapshot_steps": snaps["steps"]}
@@ -71,14 +81,16 @@ def build_demo(model_dir: Path = MODEL_DIR, out_dir: Path = DEMO_DIR, n: int = 3
         model = {"name": "demo-clip", "pretrained": None,
                  "config": "assets/demo-model/demo-clip.json",
                  "checkpoint": "assets/demo-model/demo-clip.pt",
-                 "checkpoint_sha256": embed.file_sha256(model_dir / "demo-clip.pt")}
+                 "checkpoint_sha256": embed.file_sha256(model_dir / "demo-clip.pt"),
+                 "temperature": ds.manifest["model"].get("temperature")}
         extra_manifest = {k: v for k, v in ds.manifest.items()
                           if k in ("skipped", "embedding")}
         extra_manifest["demo"] = {
             "world_seed": seed, "snapshot_heldout": "the demo model's held-out world "
             "(seed 2, 1,000 pairs), embedded at each snapshot step",
             "frequency_columns": ["concept_frequency", "main_concept_frequency",
-                                  "shape_frequency", "colour_frequency"]}
+                                  "shape_frequency", "colour_frequency"],
+            "snapshot_quality": _snapshot_quality(model_dir)}
         final = store.create_dataset(
             "demo-build", np.asarray(ds.image_emb), np.asarray(ds.text_emb), ds.images,
             ds.texts, model=model, source={"kind": "demo", "generator": "clipgeom.demo.world",
@@ -88,8 +100,13 @@ def build_demo(model_dir: Path = MODEL_DIR, out_dir: Path = DEMO_DIR, n: int = 3
         staged = out_dir.with_name(out_dir.name + ".new")
         shutil.rmtree(staged, ignore_errors=True)
         shutil.copytree(final.path, staged)
-        for sub in ("index", "cache"):
-            shutil.rmtree(staged / sub, ignore_errors=True)
+        shutil.rmtree(staged / "cache", ignore_errors=True)
+        # FAISS indexes ship with the demo (exact, ~0.8 MB each); the index
+        # metadata holds the fingerprint, which does not depend on the name.
+        shutil.rmtree(staged / "index", ignore_errors=True)
+        for modality in ("image", "text"):
+            index.build_index(final, modality)
+        shutil.copytree(final.path / "index", staged / "index")
         # the manifest's name must be the folder's
         import json
         m = json.loads((staged / "manifest.json").read_text())

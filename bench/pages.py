@@ -1,0 +1,94 @@
+"""Render time of every dashboard page (AppTest, no browser), on the bundled
+demo and on a large synthetic dataset.
+
+    python bench/pages.py                  # demo + 100,000 x 512 synthetic pairs
+    python bench/pages.py --n 20000        # a smaller synthetic set
+    python bench/pages.py --skip-large     # the demo only
+
+For each page: the first render in this process (cold caches, what a user
+waits for the first time; on the large set the report and sweeps are
+computed here) and a re-render by a new AppTest session in the same process
+(Streamlit's caches warm: what switching pages costs). The UMAP page
+section's one-time cost is timed separately (it runs on a button).
+Goals (issue 5): demo first render <= 5 s, cached <= 1 s; large set <= 10 s
+once caches are warm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+PAGES = [ROOT / "app.py"] + sorted((ROOT / "pages").glob("*.py"))
+
+
+def render(page: Path, dataset: str) -> tuple[float, bool]:
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(page), default_timeout=1800)
+    at.session_state["dataset"] = dataset
+    t0 = time.perf_counter()
+    at.run()
+    ok = not at.exception and not at.error
+    return time.perf_counter() - t0, ok
+
+
+def bench(dataset: str) -> list[tuple[str, float, float, bool]]:
+    rows = []
+    for page in PAGES:
+        first, ok1 = render(page, dataset)
+        again, ok2 = render(page, dataset)
+        rows.append((page.stem, first, again, ok1 and ok2))
+        print(f"  {page.stem:32s} first {first:7.2f} s   cached {again:6.2f} s"
+              f"{'' if ok1 and ok2 else '   ERROR'}", flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--skip-large", action="store_true")
+    args = ap.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="clipgeom-bench-pages-"))
+    os.environ["CLIPGEOM_HOME"] = str(home)
+    from clipgeom import projection, store, synthetic
+
+    print(f"CPU threads: {os.cpu_count()}; home {home}")
+    print("demo (bundled):")
+    bench("demo")
+    if args.skip_large:
+        return
+    import pandas as pd
+
+    t0 = time.perf_counter()
+    d = synthetic.two_shells(args.n, args.dim, seed=0)
+    n = args.n
+    store.create_dataset(
+        "large", d.image, d.text,
+        pd.DataFrame({"image_id": [f"i{k}" for k in range(n)]}),
+        pd.DataFrame({"text_id": [f"t{k}" for k in range(n)], "caption": d.captions,
+                      "image_id": [f"i{k}" for k in range(n)]}),
+        source={"kind": "synthetic", "n": n, "dim": args.dim})
+    print(f"large synthetic ({n:,} x {args.dim}), created in "
+          f"{time.perf_counter() - t0:.1f} s:")
+    bench("large")
+    import numpy as np
+
+    ds = store.open_dataset("large")
+    x = np.vstack([ds.image_emb[projection.sample_rows(n, 2000, 0)],
+                   ds.text_emb[projection.sample_rows(n, 2000, 1)]]).astype(np.float32)
+    t0 = time.perf_counter()
+    projection.umap_coords(x, cache_dir=home / "umap")
+    print(f"UMAP of 2,000 + 2,000 sampled rows (the page's default), one-time: "
+          f"{time.perf_counter() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Files uploaded through the dashboard, turned into datasets (no Streamlit here).
+
+The dashboard hands over ``(filename, bytes)`` pairs. This module checks the
+upload limits, writes the files into a private staging folder under the
+store's home (flat, sanitised names: nothing outside it can be touched), and
+runs the same pipeline as the CLI: images + captions file or one zip ->
+:mod:`clipgeom.ingest` -> :func:`clipgeom.job.run`; two ``.npy`` arrays ->
+:func:`clipgeom.store.import_arrays`. Datasets are created atomically by the
+store, so a failed upload leaves every stored dataset as it was; the staging
+folder is always removed.
+
+Limits: the size cap is Streamlit's ``server.maxUploadSize`` (MB, in
+``.streamlit/config.toml``), which Streamlit enforces per file and this module
+enforces on the whole upload; the file-count cap is ``MAX_FILES``
+(environment variable ``CLIPGEOM_MAX_UPLOAD_FILES``), since Streamlit's config
+file accepts no option of ours.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from . import embed, ingest, job, store
+from .errors import InputError
+
+MAX_FILES = int(os.environ.get("CLIPGEOM_MAX_UPLOAD_FILES", "5000"))
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+CAPTION_SUFFIXES = (".csv", ".tsv", ".jsonl", ".txt")
+
+Progress = Optional[Callable[[str, int, int], None]]
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_files: int = MAX_FILES
+    max_total_bytes: int = 200 * 1024 ** 2
+
+    @classmethod
+    def from_megabytes(cls, max_upload_mb: float, max_files: int = MAX_FILES
+                       ) -> "UploadLimits":
+        return cls(max_files=int(max_files), max_total_bytes=int(max_upload_mb * 1024 ** 2))
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1024 ** 2:,.1f} MB"
+
+
+def check_limits(files: list[tuple[str, bytes]], limits: UploadLimits) -> None:
+    """InputError when the upload has too many files or too many bytes in all."""
+    if len(files) > limits.max_files:
+        raise InputError(f"{len(files):,} files were uploaded; the limit is "
+                         f"{limits.max_files:,} (CLIPGEOM_MAX_UPLOAD_FILES). Upload one zip, "
+                         "or import a folder with `python -m clipgeom embed`.")
+    total = sum(len(b) for _, b in files)
+    if total > limits.max_total_bytes:
+        raise InputError(f"the upload holds {_mb(total)}; the limit is "
+                         f"{_mb(limits.max_total_bytes)} in all (server.maxUploadSize in "
+                         ".streamlit/config.toml). Import large sets with "
+                         "`python -m clipgeom embed` instead.")
+
+
+def safe_name(filename: str) -> str:
+    """The file's base name with anything but letters, digits, '.', '_' and '-'
+    replaced: uploads cannot name paths or hidden files."""
+    base = re.split(r"[\\/]", str(filename))[-1]
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", base).lstrip(".")
+    if not clean:
+        raise InputError(f"{filename!r}: not a usable file name.")
+    return clean
+
+
+def _write(files: list[tuple[str, bytes]], folder: Path) -> dict[str, Path]:
+    """Write each file under its safe name; two uploads with one name are an error."""
+    out: dict[str, Path] = {}
+    for name, data in files:
+        safe = safe_name(name)
+        if safe in out:
+            raise InputError(f"{name!r}: two uploaded files are both called {safe!r}; "
+                             "rename one.")
+        path = folder / safe
+        path.write_bytes(data)
+        out[safe] = path
+    return out
+
+
+@contextmanager
+def staging(home=None) -> Iterator[Path]:
+    """A private folder under ``<home>/uploads`` removed on exit, success or not."""
+    root = (store.home() if home is None else Path(home)) / "uploads"
+    root.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="upload-", dir=root))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def as_file(filename: str, data: bytes) -> Iterator[Path]:
+    """One uploaded file on disk under its own (safe) name, for the duration of
+    the block, so that errors about it name the user's file."""
+    with tempfile.TemporaryDirectory(prefix="clipgeom-query-") as tmp:
+        path = Path(tmp) / safe_name(filename)
+        path.write_bytes(data)
+        yield path
+
+
+def _check_new_name(name: str, overwrite: bool, home) -> None:
+    store.check_name(name)
+    if not overwrite and name in {d["name"] for d in store.list_datasets(home)}:
+        raise InputError(f"dataset {name!r} already exists; choose another name or tick "
+                         "'replace an existing dataset'.")
+
+
+def _need_captions(items: "ingest.ItemList", what: str) -> None:
+    # Every view compares the two modalities: a set without captions has nothing to compare.
+    if len(items.texts) == 0:
+        raise InputError(f"{what} has no captions: add a captions file (.csv/.tsv/.jsonl "
+                         "with 'image' and 'caption' columns) so both modalities exist.")
+
+
+def embed_images(name: str, images: list[tuple[str, bytes]],
+                 captions: Optional[tuple[str, bytes]], spec: embed.ModelSpec, *,
+                 limits: UploadLimits = UploadLimits(), overwrite: bool = False,
+                 progress: Progress = None, home=None) -> "store.Dataset":
+    """Images and a captions file (``image`` and ``caption`` columns) -> a new
+    dataset embedded with ``spec``."""
+    _check_new_name(name, overwrite, home)
+    if not images:
+        raise InputError("no images were uploaded.")
+    bad = [n for n, _ in images if Path(n).suffix.lower() not in IMAGE_SUFFIXES]
+    if bad:
+        raise InputError(f"{bad[0]!r}: not an image file (expected "
+                         f"{', '.join(IMAGE_SUFFIXES)}).")
+    if captions is not None and Path(captions[0]).suffix.lower() not in CAPTION_SUFFIXES:
+        raise InputError(f"{captions[0]!r}: captions must be a .csv, .tsv or .jsonl file "
+                         "with 'image' and 'caption' columns.")
+    check_limits(images + ([captions] if captions else []), limits)
+    with staging(home) as tmp:
+        img_dir = tmp / "images"
+        img_dir.mkdir()
+        _write(images, img_dir)
+        cap_path = None
+        if captions is not None:
+            cap_path = _write([captions], tmp)[safe_name(captions[0])]
+        if cap_path is None:
+            raise InputError("no captions file was uploaded: add one (.csv/.tsv/.jsonl with "
+                             "'image' and 'caption' columns) so both modalities exist.")
+        items = ingest.from_folder(img_dir, cap_path)
+        _need_captions(items, f"captions file {captions[0]!r}")
+        return job.run(name, items, spec, job.JobOptions(overwrite=overwrite, workers=0),
+                       progress=progress, home=home)
+
+
+def embed_zip(name: str, archive: tuple[str, bytes], spec: embed.ModelSpec, *,
+              limits: UploadLimits = UploadLimits(), overwrite: bool = False,
+              progress: Progress = None, home=None) -> "store.Dataset":
+    """One zip in the pipeline's layout (images + captions.csv) -> a new dataset."""
+    _check_new_name(name, overwrite, home)
+    if Path(archive[0]).suffix.lower() != ".zip":
+        raise InputError(f"{archive[0]!r}: expected a .zip archive.")
+    check_limits([archive], limits)
+    zl = ingest.ZipLimits(max_files=limits.max_files)
+    with staging(home) as tmp:
+        path = _write([archive], tmp)[safe_name(archive[0])]
+        items = ingest.from_zip(path, tmp / "extracted", limits=zl)
+        _need_captions(items, f"archive {archive[0]!r}")
+        return job.run(name, items, spec, job.JobOptions(overwrite=overwrite, workers=0),
+                       progress=progress, home=home)
+
+
+def import_npy(name: str, image_npy: tuple[str, bytes], text_npy: tuple[str, bytes],
+               captions: Optional[tuple[str, bytes]] = None, *,
+               limits: UploadLimits = UploadLimits(), overwrite: bool = False,
+               home=None) -> "store.Dataset":
+    """Two precomputed ``.npy`` arrays (and optional captions) -> a new dataset."""
+    _check_new_name(name, overwrite, home)
+    for n, _ in (image_npy, text_npy):
+        if Path(n).suffix.lower() != ".npy":
+            raise InputError(f"{n!r}: expected a .npy array.")
+    files = [image_npy, text_npy] + ([captions] if captions else [])
+    check_limits(files, limits)
+    with staging(home) as tmp:
+        img_dir, txt_dir = tmp / "image", tmp / "text"
+        img_dir.mkdir()
+        txt_dir.mkdir()   # separate folders: the two arrays may share a name
+        ip = _write([image_npy], img_dir)[safe_name(image_npy[0])]
+        tp = _write([text_npy], txt_dir)[safe_name(text_npy[0])]
+        cp = _write([captions], tmp)[safe_name(captions[0])] if captions else None
+        return store.import_arrays(name, ip, tp, captions=cp, overwrite=overwrite, home=home)

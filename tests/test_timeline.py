@@ -1,0 +1,118 @@
+"""Training snapshots (clipgeom.timeline) and the Training timeline page."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import brute
+from apptest_helpers import arr, figures
+from clipgeom import store, timeline
+from clipgeom.errors import DatasetError
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = str(ROOT / "pages" / "7_Training_timeline.py")
+
+
+def _snapshots(rng, n=120, d=12):
+    """Step 0: a cone around the origin; step 50: two offset shells with paired rows."""
+    base = rng.standard_normal((n, d))
+    snaps = {0: (base + 0.1, base + 0.1 + 0.05 * rng.standard_normal((n, d)))}
+    off = np.zeros(d)
+    off[:3] = [6.0, -4.0, 3.0]
+    snaps[50] = (base + off, base - off + 0.3 * rng.standard_normal((n, d)))
+    return {s: (a.astype(np.float32), b.astype(np.float32)) for s, (a, b) in snaps.items()}
+
+
+def _dataset(snaps, name="snappy"):
+    n, d = snaps[0][0].shape
+    images = pd.DataFrame({"image_id": [f"i{k}" for k in range(n)]})
+    texts = pd.DataFrame({"text_id": [f"t{k}" for k in range(n)],
+                          "caption": [f"c{k}" for k in range(n)],
+                          "image_id": [f"i{k}" for k in range(n)]})
+    extras = {"snapshot_steps": np.array(sorted(snaps))}
+    for s, (a, b) in snaps.items():
+        extras[f"snapshot_image_{s}"] = a
+        extras[f"snapshot_text_{s}"] = b
+    last = snaps[max(snaps)]
+    return store.create_dataset(name, last[0], last[1], images, texts, extra_arrays=extras,
+                                extra_manifest={"demo": {"snapshot_quality": [
+                                    {"step": 50, "eval": {"caption_true_i2t": 0.5,
+                                                          "image_true_t2i": 0.6}}]}})
+
+
+def test_step_measures_match_direct_formulas(clipgeom_home, rng):
+    snaps = _snapshots(rng)
+    ds = _dataset(snaps)
+    assert timeline.snapshot_steps(ds) == [0, 50]
+    tab = timeline.timeline_table([timeline.load_snapshot(ds, s) for s in (50, 0)])
+    assert tab["step"].tolist() == [0, 50]
+    for k, step in enumerate((0, 50)):
+        a, b = (x.astype(np.float64) for x in snaps[step])
+        sep = np.abs(a.mean(0) - b.mean(0)) / np.sqrt(a.var(0) + b.var(0))
+        row = tab.iloc[k]
+        assert row["separable features (Sep > 1)"] == int(np.sum(sep > 1))
+        assert row["max Sep"] == pytest.approx(sep.max(), rel=1e-6)
+        ma, mb = a.mean(0), b.mean(0)
+        assert row["cos(m_image, m_text)"] == pytest.approx(
+            ma @ mb / np.linalg.norm(ma) / np.linalg.norm(mb), rel=1e-6)
+        sim = brute.unit(a) @ brute.unit(b).T
+        assert row["paired retrieval i2t"] == pytest.approx(
+            np.mean(sim.argmax(1) == np.arange(len(a))))
+        assert row["paired retrieval t2i"] == pytest.approx(
+            np.mean(sim.argmax(0) == np.arange(len(a))))
+        c = np.linalg.norm(a - ma, axis=1)
+        assert row["image shell std / radius"] == pytest.approx(c.std() / c.mean(), rel=1e-6)
+        assert row["image ||m||/||sigma||"] == pytest.approx(
+            np.linalg.norm(ma) / np.linalg.norm(a.std(0)), rel=1e-6)
+    # the offset step separates the modalities, the cone does not
+    assert tab.iloc[1]["separable features (Sep > 1)"] >= 3
+    assert tab.iloc[0]["separable features (Sep > 1)"] == 0
+
+
+def test_missing_or_malformed_snapshots_are_named(clipgeom_home, rng):
+    snaps = _snapshots(rng)
+    ds = _dataset(snaps)
+    with pytest.raises(DatasetError, match="no training snapshot at step 7"):
+        timeline.load_snapshot(ds, 7)
+    n, d = snaps[0][0].shape
+    plain = store.create_dataset("plain", snaps[0][0], snaps[0][1],
+                                 pd.DataFrame({"image_id": [f"i{k}" for k in range(n)]}),
+                                 pd.DataFrame({"text_id": [f"t{k}" for k in range(n)],
+                                               "caption": ["x"] * n,
+                                               "image_id": [f"i{k}" for k in range(n)]}))
+    assert timeline.snapshot_steps(plain) == []
+    bad = dict(snaps)
+    bad[0] = (snaps[0][0], snaps[0][1][:10])
+    with pytest.raises(DatasetError, match="shapes"):
+        timeline.load_snapshot(_dataset(bad, "bad"), 0)
+
+
+def test_timeline_page(clipgeom_home, rng):
+    snaps = _snapshots(rng)
+    _dataset(snaps)
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["dataset"] = "snappy"
+    at.run()
+    assert not at.exception and not at.error
+    charts = figures(at)
+    assert len(charts) == 5
+    tab = at.dataframe[0].value
+    assert tab["step"].tolist() == [0, 50]
+    assert tab["held-out i2t caption true"].tolist()[1] == 0.5
+    norms = arr(charts[2]["data"][0]["x"])
+    np.testing.assert_allclose(sorted(norms), sorted(np.linalg.norm(snaps[50][0], axis=1)),
+                               rtol=1e-5)
+    at.select_slider(key="timeline_step").set_value(0).run()
+    assert not at.exception
+    norms0 = arr(figures(at)[2]["data"][0]["x"])
+    np.testing.assert_allclose(sorted(norms0), sorted(np.linalg.norm(snaps[0][0], axis=1)),
+                               rtol=1e-5)
+
+
+def test_timeline_page_without_snapshots(clipgeom_home):
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception and not at.error
+    assert any("no training snapshots" in i.value for i in at.info)
