@@ -2,28 +2,24 @@
 
     python bench/demo_geometry.py [DATASET]
 
-Every figure comes from clipgeom.report (the same code as the dashboard and
-``python -m clipgeom report``) at the demo model's own learned temperature
-(1 / its logit scale), plus the Spearman correlation of conformity with the
+Every figure comes from clipgeom.report (the same code and the same stored
+report as the dashboard's Home page) at the demo model's own learned
+temperature (1 / its logit scale, to 4 decimals), plus the Spearman correlation of conformity with the
 generated world's exact concept frequencies (Prediction 1).
 """
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from clipgeom import conformity, embed, report, store
+from clipgeom import conformity, report, store
 
 
 def main(name: str = "demo") -> None:
     ds = store.open_dataset(name)
-    spec = embed.spec_from_manifest(ds.manifest.get("model"), ds.name)
-    state = torch.load(spec.checkpoint, map_location="cpu", weights_only=True)
-    tau = float(1.0 / state["logit_scale"].float().exp())
-    rep = report.report_for_dataset(ds, temperature=tau)
+    tau = ds.manifest["model"]["temperature"]     # the learned τ, as the Home page uses
+    rep = report.stored_report(ds, temperature=tau)
     im, tx = rep["image"], rep["text"]
     fi = conformity.fit_conformity(ds.image_emb)
     ft = conformity.fit_conformity(ds.text_emb)

@@ -490,8 +490,7 @@ def _paths(ds, modality: str, d: Path | None = None) -> tuple[Path, Path]:
 def _shipped_dir(ds) -> Path | None:
     """Indexes bundled inside a read-only dataset (the demo ships its own);
     they are read in place, and any rebuild goes to the writable index_dir."""
-    d = ds.path / "index"
-    return d if ds.read_only and d.is_dir() else None
+    return ds.shipped_dir("index")
 
 
 def _sha256(path: Path) -> tuple[str, int]:

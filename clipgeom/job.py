@@ -174,7 +174,8 @@ def _model_manifest(lm) -> dict:
     """The spec plus the model's learned temperature (pages default to it)."""
     out = lm.spec.to_manifest()
     if lm.temperature is not None:
-        out["temperature"] = lm.temperature
+        # 4 decimals: the value the pages' τ control shows and reports are keyed by
+        out["temperature"] = round(lm.temperature, 4)
     return out
 
 

@@ -14,12 +14,15 @@ comparable across datasets, and it keeps the report fast on 100k+ pairs.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from typing import Callable, Optional
 
 import numpy as np
 
 from . import conformity, geometry, loss, projection
+from ._atomic import replacing
 
 SCHEMA = "clipgeom.report/1"
 DEFAULT_MAX_PAIRS = 5000
@@ -183,6 +186,35 @@ def report_for_dataset(ds, **kwargs) -> dict:
     ii, tt = ds.pairs()
     return build_report(ds.image_emb, ds.text_emb, ii, tt, dataset=ds.name,
                         normalized_input=ds.normalized_input, **kwargs)
+
+
+def _cache_name(ds, params: dict) -> str:
+    key = json.dumps({"schema": SCHEMA, "fingerprint": ds.fingerprint, **params},
+                     sort_keys=True)
+    return f"report-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+
+
+def stored_report(ds, *, temperature: float = loss.CLIP_TEMPERATURE,
+                  max_pairs: int = DEFAULT_MAX_PAIRS, seed: int = 0,
+                  progress: Progress = None) -> dict:
+    """:func:`report_for_dataset`, computed once per dataset fingerprint and
+    parameters and kept as JSON in the dataset's cache folder (a bundled
+    dataset may ship its reports in ``<dataset>/cache``). A report takes
+    seconds to minutes; reading it back takes milliseconds."""
+    params = {"temperature": float(temperature), "max_pairs": int(max_pairs),
+              "seed": int(seed)}
+    name = _cache_name(ds, params)
+    for where in (lambda d: d.shipped_dir("cache"), lambda d: d.cache_dir):
+        folder = where(ds)
+        if folder is not None and (folder / name).is_file():
+            try:
+                return json.loads((folder / name).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                pass                      # damaged: recompute and replace below
+    rep = report_for_dataset(ds, progress=progress, **params)
+    with replacing(ds.cache_dir / name) as tmp:
+        tmp.write_text(json.dumps(rep), encoding="utf-8")
+    return rep
 
 
 def summary_text(rep: dict) -> str:

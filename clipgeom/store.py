@@ -370,6 +370,12 @@ class Dataset:
             ) from None
         return d
 
+    def shipped_dir(self, kind: str) -> "Path | None":
+        """``<dataset>/<kind>`` of a read-only (bundled) dataset, when it ships
+        one: derived results precomputed at build time, read in place."""
+        d = self.path / kind
+        return d if self.read_only and d.is_dir() else None
+
     @property
     def cache_dir(self) -> Path:
         """Folder for derived results; outside assets/ for read-only data."""

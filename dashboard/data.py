@@ -32,7 +32,7 @@ class Loaded:
     @property
     def default_temperature(self) -> float:
         """The model's own τ where the dataset records it, else CLIP's 0.01."""
-        return float(self.temperature) if self.temperature else 0.01
+        return round(float(self.temperature), 4) if self.temperature else 0.01
 
 
 def dataset_names() -> list[str]:
@@ -87,9 +87,14 @@ def cached_report(fingerprint: str, _data: Loaded, temperature: float,
     def progress(msg: str) -> None:
         bar.progress(min(next(stages) / 10, 1.0), text=f"computing: {msg}…")
 
-    rep = report.build_report(_data.image, _data.text, _data.pair_image_rows,
-                              _data.pair_text_rows, dataset=_data.name,
-                              temperature=temperature, max_pairs=max_pairs,
-                              normalized_input=_data.normalized_input, progress=progress)
+    if _data.name == SYNTHETIC:          # in memory: nowhere to keep it on disk
+        rep = report.build_report(_data.image, _data.text, _data.pair_image_rows,
+                                  _data.pair_text_rows, dataset=_data.name,
+                                  temperature=temperature, max_pairs=max_pairs,
+                                  normalized_input=_data.normalized_input,
+                                  progress=progress)
+    else:                                # on disk, so a restart does not recompute
+        rep = report.stored_report(store.open_dataset(_data.name), temperature=temperature,
+                                   max_pairs=max_pairs, progress=progress)
     bar.empty()
     return rep

@@ -76,3 +76,15 @@ def gallery(items: list[tuple], *, columns: int = 4) -> None:
                 st.image(str(thumb), caption=label, width="stretch")
             else:
                 st.caption(label)
+
+
+def histograms(series: dict, *, x_title: str, y_title: str = "items", nbins: int = 60,
+               symbol: str = "x") -> go.Figure:
+    """Overlaid histograms of several named value arrays (e.g. image vs text)."""
+    fig = go.Figure()
+    for name, values in series.items():
+        fig.add_trace(go.Histogram(x=values, name=name, opacity=0.6, nbinsx=nbins,
+                                   hovertemplate=f"{name}<br>{symbol}≈%{{x:.3f}}<br>"
+                                                 "count=%{y}<extra></extra>"))
+    fig.update_layout(barmode="overlay", xaxis_title=x_title, yaxis_title=y_title)
+    return fig

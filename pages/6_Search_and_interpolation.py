@@ -170,13 +170,8 @@ with box:
     scale = st.slider("Centre offset s (c = s·(10, 5, 5, 0, …))", 0.0, 3.0, 1.0, 0.25,
                       key="blur_scale")
 res = searchinterp.blur(float(scale), 1000, 512, 0)
-fig = go.Figure()
-fig.add_trace(go.Histogram(x=res.cos_to_mean, name="cos(m, v)", opacity=0.6, nbinsx=60,
-                           hovertemplate="cos(m, v)≈%{x:.3f}<br>count=%{y}<extra></extra>"))
-fig.add_trace(go.Histogram(x=res.cos_to_extreme, name="cos(v_far, v)", opacity=0.6,
-                           nbinsx=60, hovertemplate="cos(v_far, v)≈%{x:.3f}<br>count=%{y}"
-                                                    "<extra></extra>"))
-fig.update_layout(barmode="overlay", xaxis_title="cosine similarity", yaxis_title="vectors")
+fig = figures.histograms({"cos(m, v)": res.cos_to_mean, "cos(v_far, v)": res.cos_to_extreme},
+                         x_title="cosine similarity", y_title="vectors", symbol="cos")
 figures.show(fig, f"Double-Ellipsoid Fig. 7 (bottom): centre s = {scale:g}; v_far is the "
                   f"vector least similar to the mean m (row {res.extreme_index}). Mean "
                   f"cos(v_far, v) = {np.mean(res.cos_to_extreme):.3f}, mean cos(m, v) = "

@@ -89,12 +89,7 @@ with left:
                       "embeddings (isotropy paper Fig. 8), lines joining pairs: the cone and "
                       "the modality gap.", key="timeline-svd", height=400)
 with right:
-    fig = go.Figure()
-    for mod in ("image", "text"):
-        fig.add_trace(go.Histogram(x=v["norms"][mod], name=mod, opacity=0.6, nbinsx=60,
-                                   hovertemplate=f"{mod}<br>‖v‖≈%{{x:.3f}}<br>count=%{{y}}"
-                                                 "<extra></extra>"))
-    fig.update_layout(barmode="overlay", xaxis_title="‖v‖ (raw norm)", yaxis_title="items")
+    fig = figures.histograms(v["norms"], x_title="‖v‖ (raw norm)", symbol="‖v‖")
     figures.show(fig, f"Step {step}: raw norms per modality (Double-Ellipsoid Fig. 4).",
                  key="timeline-norms", height=400)
 left, right = st.columns(2)
@@ -109,12 +104,6 @@ with left:
                       "above 1 (Double-Ellipsoid Fig. 3 left).", key="timeline-sep",
                  height=360)
 with right:
-    fig = go.Figure()
-    for mod in ("image", "text"):
-        fig.add_trace(go.Histogram(x=v["conformity"][mod], name=mod, opacity=0.6, nbinsx=60,
-                                   hovertemplate=f"{mod}<br>C≈%{{x:.3f}}<br>count=%{{y}}"
-                                                 "<extra></extra>"))
-    fig.update_layout(barmode="overlay", xaxis_title="exact conformity (Def. 1)",
-                      yaxis_title="items")
+    fig = figures.histograms(v["conformity"], x_title="exact conformity (Def. 1)", symbol="C")
     figures.show(fig, f"Step {step}: conformity distributions (Double-Ellipsoid Fig. 10).",
                  key="timeline-conformity", height=360)

@@ -181,3 +181,39 @@ def test_synthetic_command_and_list(clipgeom_home, capsys):
     assert [r["name"] for r in rows] == ["syn"]
     assert main(["synthetic", "syn", "--n", "100", "--dim", "8"]) == 2   # exists, no overwrite
     assert "already exists" in capsys.readouterr().err
+
+
+def test_stored_report_is_computed_once_and_shipped_reports_are_read(clipgeom_home, tmp_path,
+                                                                    monkeypatch):
+    import shutil
+
+    from clipgeom import report, store
+
+    d = synthetic.two_shells(300, 12, seed=4)
+    ds = store.create_dataset("kept", d.image, d.text)
+    first = report.stored_report(ds, temperature=0.05, max_pairs=200)
+    assert first == json.loads(json.dumps(report.report_for_dataset(
+        ds, temperature=0.05, max_pairs=200)))
+    calls = []
+    real = report.report_for_dataset
+    monkeypatch.setattr(report, "report_for_dataset",
+                        lambda *a, **k: calls.append(k) or real(*a, **k))
+    assert report.stored_report(ds, temperature=0.05, max_pairs=200) == first
+    assert calls == []                                   # read back, not recomputed
+    report.stored_report(ds, temperature=0.02, max_pairs=200)
+    assert len(calls) == 1                               # other parameters: computed
+    # a bundled (read-only) dataset reads the reports it ships in <dataset>/cache
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    monkeypatch.setattr(store, "ASSETS_DIR", assets)
+    shutil.move(str(ds.path), str(assets / "kept"))
+    bundled = store.open_dataset("kept")
+    assert bundled.read_only
+    assert report.stored_report(bundled, temperature=0.05, max_pairs=200) == first
+    assert len(calls) == 1
+    assert not list(bundled.cache_dir.glob("report-*.json"))   # nothing written in home
+    # a damaged cached report is recomputed, not trusted
+    for f in (assets / "kept" / "cache").glob("report-*.json"):
+        f.write_text("{not json")
+    assert report.stored_report(bundled, temperature=0.05, max_pairs=200) == first
+    assert len(calls) == 2

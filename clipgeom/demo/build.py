@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
-from .. import embed, index, ingest, job, store
+from .. import embed, index, ingest, job, report, store
 from . import world as W
 
 ASSETS = Path(__file__).resolve().parent.parent.parent / "assets"
@@ -100,13 +100,18 @@ def build_demo(model_dir: Path = MODEL_DIR, out_dir: Path = DEMO_DIR, n: int = 3
         staged = out_dir.with_name(out_dir.name + ".new")
         shutil.rmtree(staged, ignore_errors=True)
         shutil.copytree(final.path, staged)
-        shutil.rmtree(staged / "cache", ignore_errors=True)
+        shutil.rmtree(staged / "cache", ignore_errors=True)   # thumbnails' cache etc.
         # FAISS indexes ship with the demo (exact, ~0.8 MB each); the index
         # metadata holds the fingerprint, which does not depend on the name.
         shutil.rmtree(staged / "index", ignore_errors=True)
         for modality in ("image", "text"):
             index.build_index(final, modality)
         shutil.copytree(final.path / "index", staged / "index")
+        # ... and so does the report the Home page opens with (the model's own τ),
+        # so a fresh install shows its first page at once
+        shutil.rmtree(final.path / "cache", ignore_errors=True)
+        report.stored_report(final, temperature=model["temperature"])
+        shutil.copytree(final.path / "cache", staged / "cache")
         # the manifest's name must be the folder's
         import json
         m = json.loads((staged / "manifest.json").read_text())
