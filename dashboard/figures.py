@@ -22,8 +22,10 @@ def presentation_toggle() -> None:
     st.sidebar.toggle("Presentation mode", key="presentation",
                       help="Large fonts and figures, controls folded away: for talks.")
     if presentation_mode():
-        st.markdown("<style>html, body, [class*='st-'] {font-size: 1.15rem;}</style>",
-                    unsafe_allow_html=True)
+        # Body text and labels only: headings keep their own (larger) sizes.
+        st.markdown("<style>[data-testid='stMarkdownContainer'] p, "
+                    "[data-testid='stCaptionContainer'], [data-testid='stWidgetLabel'] p "
+                    "{font-size: 1.2rem;}</style>", unsafe_allow_html=True)
 
 
 def _slug(text: str) -> str:
@@ -39,7 +41,7 @@ def show(fig: go.Figure, caption: str, *, key: str, height: int = 420) -> None:
     fig.update_layout(height=int(height * (1.35 if big else 1.0)),
                       font=dict(size=20 if big else 13), margin=dict(t=40, l=10, r=10, b=10))
     st.plotly_chart(fig, width="stretch", key=f"chart-{key}")
-    c1, c2 = st.columns([6, 1])
+    c1, c2 = st.columns([4, 1])   # wide enough for the button in half-width layouts
     c1.caption(caption)
     c2.download_button("HTML", fig.to_html(include_plotlyjs="cdn"),
                        file_name=f"{_slug(key)}.html", mime="text/html",
@@ -50,7 +52,7 @@ def table(df: pd.DataFrame, *, key: str, caption: str | None = None, height=None
     """A dataframe with a CSV download."""
     kwargs = {} if height is None else {"height": height}
     st.dataframe(df, width="stretch", hide_index=True, **kwargs)
-    c1, c2 = st.columns([6, 1])
+    c1, c2 = st.columns([4, 1])   # wide enough for the button in half-width layouts
     if caption:
         c1.caption(caption)
     c2.download_button("CSV", df.to_csv(index=False), file_name=f"{_slug(key)}.csv",

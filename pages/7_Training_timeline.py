@@ -53,7 +53,7 @@ for k, (_, cols) in enumerate(panels):
 fig.update_xaxes(title_text="training step", row=2)
 # At initialisation the image tower's outputs share one direction (a narrow cone):
 # ||m||/||sigma|| starts near 100 and falls by two orders of magnitude.
-fig.update_yaxes(type="log", row=1, col=3)
+fig.update_yaxes(type="log", dtick=1, row=1, col=3)     # ticks at powers of ten
 fig.update_layout(legend=dict(orientation="h", y=-0.15))
 figures.show(fig, "Geometry of the held-out pairs at each snapshot: Double-Ellipsoid Eq. 5 "
                   "(Sep), Property 5 (‖m‖/‖σ‖), Eq. 3-4 (thin shell), Def. 2 (conformity "
