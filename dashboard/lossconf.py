@@ -110,6 +110,22 @@ def tables(fingerprint: str, name: str):
     return ds.images, ds.texts
 
 
+@st.cache_resource(show_spinner=False, max_entries=8)   # read-only: no copy per rerun
+def captions_by_row(fingerprint: str, name: str | None) -> tuple[list | None, dict | None]:
+    """(caption per text row, first caption per image row) of a stored dataset;
+    (None, None) for the in-memory generator."""
+    if name is None:
+        return None, None
+    images, texts = tables(fingerprint, name)
+    caps = texts["caption"].astype(str).tolist()
+    first = {}
+    for r, iid in enumerate(texts["image_id"]):
+        if iid is not None and iid not in first:
+            first[iid] = caps[r]
+    by_image = {r: first.get(iid, "") for r, iid in enumerate(images["image_id"])}
+    return caps, by_image
+
+
 def thumb(name: str, row: int):
     """Thumbnail path of image row, or None."""
     return store.open_dataset(name).thumb_path(row)

@@ -69,18 +69,3 @@ def blur(scale: float, n: int, dim: int, seed: int) -> geometry.BlurResult:
     """geometry.blur_experiment with centre scale * (10, 5, 5, 0, ...)."""
     return geometry.blur_experiment([scale * c for c in BLUR_DIRECTION], n=n, dim=dim,
                                     seed=seed)
-
-
-def captions_by_row(fingerprint: str, name: str | None) -> tuple[list | None, dict | None]:
-    """(caption per text row, first caption per image row) of a stored dataset;
-    (None, None) for the in-memory generator."""
-    if name is None:
-        return None, None
-    images, texts = lossconf.tables(fingerprint, name)
-    caps = texts["caption"].astype(str).tolist()
-    first = {}
-    for r, iid in enumerate(texts["image_id"]):
-        if iid is not None and iid not in first:
-            first[iid] = caps[r]
-    by_image = {r: first.get(iid, "") for r, iid in enumerate(images["image_id"])}
-    return caps, by_image

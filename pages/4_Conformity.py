@@ -49,6 +49,18 @@ for mod, f in fits.items():          # one row per modality: wide enough for the
 figures.table(height="auto", df=fit_df, key="conformity-fit",
               caption="Double-Ellipsoid Def. 2 / Eq. 11 fits and Prop. 1's predicted slope.")
 
+caps, image_caps = lossconf.captions_by_row(fp, loaded.name if stored else None)
+
+
+def hover_label(mod: str, rows) -> list[str]:
+    """What a point is: its caption (for an image, its first caption), else its row."""
+    if mod == "text" and caps:
+        return [f"text row {r}: {caps[r]}" for r in rows]
+    if mod == "image" and image_caps:
+        return [f"image row {r}: {image_caps.get(int(r), '')}" for r in rows]
+    return [f"{mod} row {r}" for r in rows]
+
+
 fig = go.Figure()
 notes = []
 for mod, f in fits.items():
@@ -57,9 +69,9 @@ for mod, f in fits.items():
         notes.append(f"{mod}: {len(idx):,} of {len(f.exact):,} points drawn (seeded sample)")
     fig.add_trace(go.Scattergl(x=f.cos_mean[idx], y=f.exact[idx], mode="markers",
                                name=f"{mod} (Pearson {f.pearson:.4f})",
-                               marker=dict(size=4, opacity=0.5), customdata=idx,
-                               hovertemplate=f"{mod} row %{{customdata}}<br>cos(m, v)="
-                                             "%{x:.4f}<br>conformity=%{y:.4f}<extra></extra>"))
+                               marker=dict(size=4, opacity=0.5), text=hover_label(mod, idx),
+                               hovertemplate="%{text}<br>cos(m, v)=%{x:.4f}<br>conformity="
+                                             "%{y:.4f}<extra></extra>"))
     order = np.argsort(f.cos_mean[idx])
     fig.add_trace(go.Scattergl(x=f.cos_mean[idx][order], y=f.estimated[idx][order],
                                mode="lines", name=f"{mod} fit a·cos + b",
@@ -119,12 +131,8 @@ gallery = pd.DataFrame({"rank": np.arange((page - 1) * int(page_size) + 1,
 if gal_mod == "image" and images_df is not None:
     gallery["image_id"] = images_df["image_id"].to_numpy()[rows_here]
     gallery["source"] = images_df["source"].to_numpy()[rows_here]
-    caps = {}
-    if texts_df is not None:
-        for iid, cap in zip(texts_df["image_id"], texts_df["caption"]):
-            if iid is not None and iid not in caps:
-                caps[iid] = cap
-    gallery["caption"] = [caps.get(i, "") for i in gallery["image_id"]]
+    gallery["caption"] = [image_caps.get(int(r), "") if image_caps else ""
+                          for r in rows_here]
 elif gal_mod == "text" and texts_df is not None:
     gallery["text_id"] = texts_df["text_id"].to_numpy()[rows_here]
     gallery["caption"] = texts_df["caption"].to_numpy()[rows_here]

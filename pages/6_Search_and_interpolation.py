@@ -15,7 +15,7 @@ st.title("Search & interpolation")
 fp = loaded.fingerprint
 stored = loaded.name != data.SYNTHETIC
 name = loaded.name if stored else None
-captions, image_captions = searchinterp.captions_by_row(fp, name)
+captions, image_captions = lossconf.captions_by_row(fp, name)
 
 box = figures.controls()
 with box:
