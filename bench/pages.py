@@ -25,7 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-PAGES = [ROOT / "app.py"] + sorted((ROOT / "pages").glob("*.py"))
+# app.py routes to pages/0_Home.py (whose links resolve only through the router)
+PAGES = [ROOT / "app.py"] + sorted(p for p in (ROOT / "pages").glob("*.py")
+                                   if p.stem != "0_Home")
 
 
 def render(page: Path, dataset: str) -> tuple[float, bool]:

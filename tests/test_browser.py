@@ -109,6 +109,7 @@ def _assert_no_errors(page):
     errors = page.locator('[data-testid="stAlertContentError"]')
     assert errors.count() == 0, errors.first.inner_text()
     assert "Traceback" not in page.content()
+    assert page.get_by_text("Page not found").count() == 0
 
 
 def test_home_page_renders_charts_without_errors(app_url, browser):
@@ -129,7 +130,8 @@ def test_home_page_renders_charts_without_errors(app_url, browser):
 def _page_paths():
     import re
     for p in sorted((ROOT / "pages").glob("*.py")):
-        yield p.stem, re.sub(r"^\d+_", "", p.stem)
+        if p.stem != "0_Home":          # the default page, served at "/" (test above)
+            yield p.stem, re.sub(r"^\d+_", "", p.stem)
 
 
 @pytest.mark.parametrize("stem,url_path", list(_page_paths()))
