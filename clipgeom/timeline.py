@@ -44,6 +44,13 @@ def snapshot_steps(ds) -> list[int]:
     return sorted(int(s) for s in np.asarray(ds.extra_array(STEPS_ARRAY)).ravel())
 
 
+def snapshot_captions(ds) -> list[str] | None:
+    """The caption of each snapshot pair, where the dataset records them
+    (the demo does, in its manifest); None otherwise."""
+    caps = (ds.manifest.get("demo") or {}).get("snapshot_captions")
+    return [str(c) for c in caps] if isinstance(caps, list) else None
+
+
 def load_snapshot(ds, step: int) -> Snapshot:
     """One step's embeddings; DatasetError names what is missing or malformed."""
     steps = snapshot_steps(ds)

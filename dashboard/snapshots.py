@@ -31,6 +31,11 @@ def quality(fingerprint: str, name: str) -> dict:
     return {int(q["step"]): q["eval"] for q in demo.get("snapshot_quality", [])}
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def captions(fingerprint: str, name: str) -> list[str] | None:
+    return timeline.snapshot_captions(store.open_dataset(name))
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def views(fingerprint: str, name: str, step: int) -> dict:
     """Everything drawn for one step: joint SVD, norms, Sep(l), conformity."""

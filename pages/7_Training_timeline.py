@@ -78,12 +78,14 @@ with left:
     fig.add_trace(go.Scattergl(x=xs, y=ys, mode="lines", name=f"pairs (first {n_join})",
                                line=dict(width=0.5, color="rgba(120,120,120,0.4)"),
                                hoverinfo="skip"))
+    caps = snapshots.captions(fp, loaded.name)
     for mod, c in (("image", proj.image_coords), ("text", proj.text_coords)):
+        label = [f"{mod} of pair {i}" + (f": {caps[i]}" if caps and i < len(caps) else "")
+                 for i in range(len(c))]
         fig.add_trace(go.Scattergl(x=c[:, 0], y=c[:, 1], mode="markers", name=mod,
-                                   marker=dict(size=4, opacity=0.6),
-                                   customdata=np.arange(len(c)),
-                                   hovertemplate=f"{mod} of pair %{{customdata}}<br>"
-                                                 "(%{x:.3f}, %{y:.3f})<extra></extra>"))
+                                   marker=dict(size=4, opacity=0.6), text=label,
+                                   hovertemplate="%{text}<br>(%{x:.3f}, %{y:.3f})"
+                                                 "<extra></extra>"))
     fig.update_layout(xaxis_title="SVD 1", yaxis_title="SVD 2")
     figures.show(fig, f"Step {step}: one uncentred SVD of both modalities' normalised "
                       "embeddings (isotropy paper Fig. 8), lines joining pairs: the cone and "

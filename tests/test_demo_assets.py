@@ -37,6 +37,9 @@ def test_demo_is_listed_read_only_and_valid(bundled_home):
     steps = np.asarray(ds.extra_array("snapshot_steps"))
     assert steps[0] == 0 and len(steps) >= 5
     assert ds.extra_array(f"snapshot_image_{steps[-1]}").shape == (1000, 64)
+    # the snapshot pairs are the training run's held-out world, captions included
+    held = train.heldout_world(train.TrainConfig())
+    assert ds.manifest["demo"]["snapshot_captions"] == list(held.captions)
     with pytest.raises(Exception, match="read-only"):
         store.delete_dataset("demo")
 

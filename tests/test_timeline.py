@@ -40,7 +40,9 @@ def _dataset(snaps, name="snappy"):
     return store.create_dataset(name, last[0], last[1], images, texts, extra_arrays=extras,
                                 extra_manifest={"demo": {"snapshot_quality": [
                                     {"step": 50, "eval": {"caption_true_i2t": 0.5,
-                                                          "image_true_t2i": 0.6}}]}})
+                                                          "image_true_t2i": 0.6}}],
+                                    "snapshot_captions": [f"pair caption {k}"
+                                                          for k in range(n)]}})
 
 
 def test_step_measures_match_direct_formulas(clipgeom_home, rng):
@@ -102,6 +104,8 @@ def test_timeline_page(clipgeom_home, rng):
     tab = at.dataframe[0].value
     assert tab["step"].tolist() == [0, 50]
     assert tab["held-out i2t caption true"].tolist()[1] == 0.5
+    svd_text = charts[1]["data"][2]                      # text points of the SVD plot
+    assert svd_text["name"] == "text" and svd_text["text"][7] == "text of pair 7: pair caption 7"
     norms = arr(charts[2]["data"][0]["x"])
     np.testing.assert_allclose(sorted(norms), sorted(np.linalg.norm(snaps[50][0], axis=1)),
                                rtol=1e-5)

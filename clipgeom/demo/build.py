@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .. import embed, index, ingest, job, report, store
+from . import train
 from . import world as W
 
 ASSETS = Path(__file__).resolve().parent.parent.parent / "assets"
@@ -90,7 +91,9 @@ def build_demo(model_dir: Path = MODEL_DIR, out_dir: Path = DEMO_DIR, n: int = 3
             "(seed 2, 1,000 pairs), embedded at each snapshot step",
             "frequency_columns": ["concept_frequency", "main_concept_frequency",
                                   "shape_frequency", "colour_frequency"],
-            "snapshot_quality": _snapshot_quality(model_dir)}
+            "snapshot_quality": _snapshot_quality(model_dir),
+            # pair i of every snapshot: its caption, for hover text (~40 KB)
+            "snapshot_captions": list(train.heldout_world(train.TrainConfig()).captions)}
         final = store.create_dataset(
             "demo-build", np.asarray(ds.image_emb), np.asarray(ds.text_emb), ds.images,
             ds.texts, model=model, source={"kind": "demo", "generator": "clipgeom.demo.world",
