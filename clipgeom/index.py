@@ -685,19 +685,21 @@ def load_index(ds, modality: str) -> tuple[faiss.Index, IndexInfo]:
         hit = _cache_get(ds, modality)
         if hit is not None:
             return hit
-        index = None
+        index = info = None
+        stored_kind = None
         for where in (_shipped_dir, lambda x: x.index_dir):
             d = where(ds)
             if d is None:
                 continue
             info = _read_info(ds, modality, d)
+            if info is not None:
+                stored_kind = stored_kind or info.kind
             index = _read_index(ds, modality, info, d) if info is not None else None
             if index is not None:
                 break
         if index is None:
             # Keep a valid stored kind (e.g. an IVF forced on small data).
-            build_index(ds, modality, force=True,
-                        kind=info.kind if info is not None else None)
+            build_index(ds, modality, force=True, kind=stored_kind)
             hit = _cache_get(ds, modality)
             assert hit is not None
             return hit

@@ -142,10 +142,10 @@ def compare_paths(a, b, mean, thetas, alpha: float, targets: dict) -> dict:
     (Double-Ellipsoid Sec. 7.2, Fig. 12).
 
     For ``path`` in ("slerp", "vslerp") returns the points [T, d], their
-    cos(m, x) (how far along the shell's "conformity" axis they sit: the
-    endpoints' own values bracket it on vSLERP, SLERP dips inward), their
-    norms, and for each name in ``targets`` ({name: [N, d] array}) the nearest
-    row and its cosine at every theta.
+    cos(m, x) (the conformity proxy of Def. 2), their norms, and for each name
+    in ``targets`` ({name: [N, d] array}) the nearest row and its cosine at
+    every theta. vSLERP around the mean (alpha = 1) keeps ||x - m|| between the
+    endpoints' values, i.e. on the shell; SLERP around the origin does not.
     """
     thetas = np.asarray(thetas, dtype=np.float64).ravel()
     m = np.asarray(mean, dtype=np.float64)

@@ -189,8 +189,10 @@ def report_for_dataset(ds, **kwargs) -> dict:
 
 
 def _cache_name(ds, params: dict) -> str:
-    key = json.dumps({"schema": SCHEMA, "fingerprint": ds.fingerprint, **params},
-                     sort_keys=True)
+    from . import __version__        # a new release recomputes: its maths may differ
+
+    key = json.dumps({"schema": SCHEMA, "version": __version__,
+                      "fingerprint": ds.fingerprint, **params}, sort_keys=True)
     return f"report-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
 
 
@@ -208,9 +210,11 @@ def stored_report(ds, *, temperature: float = loss.CLIP_TEMPERATURE,
         folder = where(ds)
         if folder is not None and (folder / name).is_file():
             try:
-                return json.loads((folder / name).read_text(encoding="utf-8"))
+                rep = json.loads((folder / name).read_text(encoding="utf-8"))
             except (OSError, ValueError):
-                pass                      # damaged: recompute and replace below
+                continue                  # damaged: recompute and replace below
+            rep["dataset"] = ds.name      # equal arrays under another name share it
+            return rep
     rep = report_for_dataset(ds, progress=progress, **params)
     with replacing(ds.cache_dir / name) as tmp:
         tmp.write_text(json.dumps(rep), encoding="utf-8")

@@ -67,11 +67,13 @@ def check_limits(files: list[tuple[str, bytes]], limits: UploadLimits) -> None:
 
 
 def safe_name(filename: str) -> str:
-    """The file's base name with anything but letters, digits, '.', '_' and '-'
-    replaced: uploads cannot name paths or hidden files."""
+    """The file's base name, kept as it is (spaces and accents included, so a
+    captions file that names "my photo.jpg" still finds it), minus anything
+    that could leave the private staging folder or hide a file: folder parts,
+    leading dots and control characters."""
     base = re.split(r"[\\/]", str(filename))[-1]
-    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", base).lstrip(".")
-    if not clean:
+    clean = re.sub(r"[\x00-\x1f\x7f]", "_", base).lstrip(".").strip()
+    if not clean or len(clean.encode("utf-8")) > 255:
         raise InputError(f"{filename!r}: not a usable file name.")
     return clean
 
@@ -113,8 +115,13 @@ def as_file(filename: str, data: bytes) -> Iterator[Path]:
 
 
 def _check_new_name(name: str, overwrite: bool, home) -> None:
+    """Before any work: a bundled name can never be replaced, a user one only
+    when asked."""
     store.check_name(name)
-    if not overwrite and name in {d["name"] for d in store.list_datasets(home)}:
+    existing = {d["name"]: d for d in store.list_datasets(home)}
+    if existing.get(name, {}).get("read_only"):
+        raise InputError(f"{name!r} is a bundled read-only dataset; choose another name.")
+    if not overwrite and name in existing:
         raise InputError(f"dataset {name!r} already exists; choose another name or tick "
                          "'replace an existing dataset'.")
 
@@ -155,8 +162,18 @@ def embed_images(name: str, images: list[tuple[str, bytes]],
                              "'image' and 'caption' columns) so both modalities exist.")
         items = ingest.from_folder(img_dir, cap_path)
         _need_captions(items, f"captions file {captions[0]!r}")
+        return _run_job(name, items, spec, overwrite, progress, home)
+
+
+def _run_job(name, items, spec, overwrite, progress, home) -> "store.Dataset":
+    """job.run, never leaving its chunk folder behind: an upload cannot be
+    resumed (its staged files are gone), so a failed job is only clutter."""
+    try:
         return job.run(name, items, spec, job.JobOptions(overwrite=overwrite, workers=0),
                        progress=progress, home=home)
+    finally:
+        shutil.rmtree((store.home() if home is None else Path(home)) / "jobs" / name,
+                      ignore_errors=True)
 
 
 def embed_zip(name: str, archive: tuple[str, bytes], spec: embed.ModelSpec, *,
@@ -172,8 +189,7 @@ def embed_zip(name: str, archive: tuple[str, bytes], spec: embed.ModelSpec, *,
         path = _write([archive], tmp)[safe_name(archive[0])]
         items = ingest.from_zip(path, tmp / "extracted", limits=zl)
         _need_captions(items, f"archive {archive[0]!r}")
-        return job.run(name, items, spec, job.JobOptions(overwrite=overwrite, workers=0),
-                       progress=progress, home=home)
+        return _run_job(name, items, spec, overwrite, progress, home)
 
 
 def import_npy(name: str, image_npy: tuple[str, bytes], text_npy: tuple[str, bytes],

@@ -74,5 +74,6 @@ def temperature_input(loaded: data.Loaded, where=None) -> float:
     label = "Temperature τ" + (f" (this model: {own:.4f}; CLIP: 0.01)" if own else
                                " (CLIP: 0.01)")
     return float(where.number_input(label, min_value=0.001, max_value=1.0,
-                                    value=loaded.default_temperature, step=0.005,
+                                    value=min(max(loaded.default_temperature, 0.001), 1.0),
+                                    step=0.005,
                                     format="%.4f", key=f"temperature-{loaded.fingerprint}"))

@@ -139,9 +139,10 @@ else:
     fig.update_layout(xaxis_title="θ (0 = start, 1 = end)",
                       yaxis_title=f"cos(m, x(θ)), m = {imod} mean")
     figures.show(fig, "Double-Ellipsoid Sec. 7.2 / Fig. 12: cosine of each interpolated point "
-                      "to the modality mean, a proxy for conformity (Def. 2). SLERP bulges "
-                      "towards the mean direction (inside the shell); vSLERP keeps the "
-                      "endpoints' conformity.", key="interp-conformity", height=320)
+                      "to the modality mean, a proxy for conformity (Def. 2). SLERP around "
+                      "the origin cuts inside the shell, towards the mean direction; vSLERP "
+                      "around α·m keeps ‖x − m‖ between the endpoints' (on the shell at "
+                      "α = 1).", key="interp-conformity", height=320)
     left, right = st.columns(2)
     for col, key, label in ((left, "slerp", "SLERP"), (right, "vslerp", "vSLERP")):
         with col:

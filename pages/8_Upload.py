@@ -95,19 +95,21 @@ def progress_bar():
 if st.button("Create dataset", type="primary", disabled=not (ready and name.strip()),
              key="upload_go"):
     bar, say = progress_bar()
-    with ui.user_errors():
-        if kind.startswith("Images"):
-            ds = upload.embed_images(name.strip(), [pair(f) for f in files["images"]],
-                                     pair(files["captions"]), spec, limits=limits,
-                                     overwrite=overwrite, progress=say)
-        elif kind.startswith("One zip"):
-            ds = upload.embed_zip(name.strip(), pair(files["zip"]), spec, limits=limits,
-                                  overwrite=overwrite, progress=say)
-        else:
-            ds = upload.import_npy(name.strip(), pair(files["image"]), pair(files["text"]),
-                                   pair(files["captions"]), limits=limits,
-                                   overwrite=overwrite)
-    bar.empty()
+    try:                                        # the bar goes, whatever happens
+        with ui.user_errors():
+            if kind.startswith("Images"):
+                ds = upload.embed_images(name.strip(), [pair(f) for f in files["images"]],
+                                         pair(files["captions"]), spec, limits=limits,
+                                         overwrite=overwrite, progress=say)
+            elif kind.startswith("One zip"):
+                ds = upload.embed_zip(name.strip(), pair(files["zip"]), spec, limits=limits,
+                                      overwrite=overwrite, progress=say)
+            else:
+                ds = upload.import_npy(name.strip(), pair(files["image"]), pair(files["text"]),
+                                       pair(files["captions"]), limits=limits,
+                                       overwrite=overwrite)
+    finally:
+        bar.empty()
     st.session_state["dataset_request"] = ds.name  # selected on every page at once
     st.session_state["upload_done"] = ds.name
     st.rerun()

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import brute
 from clipgeom import embed, store, upload
 from clipgeom.errors import InputError
 
@@ -61,8 +60,33 @@ def test_limits_and_bad_names_fail_before_anything_is_written(clipgeom_home, ima
     with pytest.raises(InputError, match="both called 'img1.png'"):
         upload.embed_images("a", files + [("sub/img1.png", b"x")], None, spec)
     assert store.list_datasets() == []
+    assert not list((clipgeom_home / "uploads").iterdir())     # staging removed
+    assert not (clipgeom_home / "jobs").exists() or not list((clipgeom_home / "jobs").iterdir())
     assert upload.safe_name("../../etc/passwd") == "passwd"
     assert upload.safe_name("..\\x\\.hidden") == "hidden"
+    assert upload.safe_name("my photo.jpg") == "my photo.jpg"    # kept: captions name it
+
+
+def test_names_with_spaces_and_accents_still_match_their_captions(clipgeom_home, image_folder,
+                                                                 tiny_model_config):
+    root, _ = image_folder
+    files = [("my photo.png", (root / "img1.png").read_bytes()),
+             ("café.jpg", (root / "img0.jpg").read_bytes())]
+    caps = "image,caption\nmy photo.png,a spaced name\ncafé.jpg,an accented name\n"
+    ds = upload.embed_images("names", files, ("captions.csv", caps.encode()),
+                             _spec(tiny_model_config))
+    assert ds.n_images == 2 and len(ds.pairs()[0]) == 2
+    assert not ds.manifest["skipped"]
+
+
+@pytest.mark.skipif(not (ROOT / "assets" / "demo" / "manifest.json").exists(),
+                    reason="the bundled demo is not built")
+def test_a_bundled_name_is_refused_before_any_work(bundled_home, image_folder):
+    root, caps = image_folder
+    spec = embed.ModelSpec("no-such-model-would-be-loaded")
+    with pytest.raises(InputError, match="bundled read-only"):
+        upload.embed_images("demo", _files(root), ("captions.csv", caps.read_bytes()), spec,
+                            overwrite=True)
 
 
 def test_existing_dataset_is_kept_unless_replaced(clipgeom_home, image_folder,
@@ -111,12 +135,12 @@ def test_npy_upload_matches_the_arrays(clipgeom_home, rng):
     np.testing.assert_array_equal(ds.text_emb, txt)
     bad = txt.copy()
     bad[7] = np.nan
-    with pytest.raises(InputError, match="7"):
+    with pytest.raises(InputError, match="t.npy.*NaN or Inf values in row 7"):
         upload.import_npy("broken", ("i.npy", npy(img)), ("t.npy", npy(bad)))
     with pytest.raises(InputError, match="expected a .npy"):
         upload.import_npy("broken", ("i.txt", b"1 2"), ("t.npy", npy(txt)))
     assert [d["name"] for d in store.list_datasets()] == ["arrays"]
-    assert brute.unit(ds.image_emb).shape == (30, 8)
+    assert not list((clipgeom_home / "uploads").iterdir())
 
 
 def test_upload_page_renders_with_its_limits(clipgeom_home):
@@ -127,3 +151,18 @@ def test_upload_page_renders_with_its_limits(clipgeom_home):
     assert at.button(key="upload_go").disabled
     at.radio(key="upload_kind").set_value("Precomputed .npy embeddings").run()
     assert not at.exception and not at.error
+
+
+def test_upload_page_reports_the_new_dataset_and_its_skipped_files(clipgeom_home, image_folder,
+                                                                  tiny_model_config):
+    root, caps = image_folder
+    (root / "broken.png").write_bytes(b"not an image at all")
+    upload.embed_images("fresh", _files(root), ("captions.csv", caps.read_bytes()),
+                        _spec(tiny_model_config))
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.session_state["upload_done"] = "fresh"          # what a finished upload leaves
+    at.run()
+    assert not at.exception and not at.error
+    assert any("Created dataset 'fresh': 12 images, 13 captions" in s.value for s in at.success)
+    skipped = at.dataframe[0].value
+    assert any("broken.png" in item for item in skipped["item"])
