@@ -26,11 +26,6 @@ st.caption(f"Limits: {max_mb:g} MB per file and in all (server.maxUploadSize in 
 kind = st.radio("What are you uploading?",
                 ["Images + captions file", "One zip (images + captions.csv)",
                  "Precomputed .npy embeddings"], key="upload_kind")
-c1, c2 = st.columns([2, 1])
-name = c1.text_input("Dataset name", key="upload_name", placeholder="my-photos",
-                     help="Letters, digits, '.', '_' and '-'.")
-overwrite = c2.checkbox("Replace an existing dataset of this name", key="upload_overwrite")
-
 spec = None
 if not kind.startswith("Precomputed"):
     demo_dir = Path(store.ASSETS_DIR) / "demo-model"
@@ -49,28 +44,37 @@ if not kind.startswith("Precomputed"):
                             help="Downloaded once from the model hub; needs internet.")
         spec = embed.ModelSpec(arch.strip(), pretrained=tag.strip() or None)
 
-files: dict = {}
-if kind.startswith("Images"):
-    imgs = st.file_uploader("Images", type=[s.lstrip(".") for s in upload.IMAGE_SUFFIXES],
-                            accept_multiple_files=True, key="upload_images")
-    caps = st.file_uploader("Captions file: columns image, caption",
-                            type=["csv", "tsv", "jsonl"], key="upload_captions")
-    files = {"images": imgs or [], "captions": caps}
-    ready = bool(imgs) and caps is not None
-elif kind.startswith("One zip"):
-    z = st.file_uploader("Zip archive", type=["zip"], key="upload_zip")
-    files = {"zip": z}
-    ready = z is not None
-else:
-    n1, n2, n3 = st.columns(3)
-    files = {"image": n1.file_uploader("Image embeddings [N, d] .npy", type=["npy"],
-                                       key="upload_npy_image"),
-             "text": n2.file_uploader("Text embeddings [M, d] .npy", type=["npy"],
-                                      key="upload_npy_text"),
-             "captions": n3.file_uploader("Captions (optional)",
-                                          type=["txt", "csv", "tsv", "jsonl"],
-                                          key="upload_npy_captions")}
-    ready = files["image"] is not None and files["text"] is not None
+# One form: changing a field while a dataset is being embedded does not rerun the
+# page (which would abort the job); the choices above only change the form's shape.
+with st.form("upload_form", border=False):
+    c1, c2 = st.columns([2, 1])
+    name = c1.text_input("Dataset name", key="upload_name", placeholder="my-photos",
+                         help="Letters, digits, '.', '_' and '-'.")
+    overwrite = c2.checkbox("Replace an existing dataset of this name",
+                            key="upload_overwrite")
+    files: dict = {}
+    if kind.startswith("Images"):
+        imgs = st.file_uploader("Images", type=[s.lstrip(".") for s in upload.IMAGE_SUFFIXES],
+                                accept_multiple_files=True, key="upload_images")
+        caps = st.file_uploader("Captions file: columns image, caption",
+                                type=["csv", "tsv", "jsonl"], key="upload_captions")
+        files = {"images": imgs or [], "captions": caps}
+        ready = bool(imgs) and caps is not None
+    elif kind.startswith("One zip"):
+        z = st.file_uploader("Zip archive", type=["zip"], key="upload_zip")
+        files = {"zip": z}
+        ready = z is not None
+    else:
+        n1, n2, n3 = st.columns(3)
+        files = {"image": n1.file_uploader("Image embeddings [N, d] .npy", type=["npy"],
+                                           key="upload_npy_image"),
+                 "text": n2.file_uploader("Text embeddings [M, d] .npy", type=["npy"],
+                                          key="upload_npy_text"),
+                 "captions": n3.file_uploader("Captions (optional)",
+                                              type=["txt", "csv", "tsv", "jsonl"],
+                                              key="upload_npy_captions")}
+        ready = files["image"] is not None and files["text"] is not None
+    go = st.form_submit_button("Create dataset", type="primary")
 
 
 def pair(f):
@@ -92,8 +96,9 @@ def progress_bar():
     return bar, say
 
 
-if st.button("Create dataset", type="primary", disabled=not (ready and name.strip()),
-             key="upload_go"):
+if go and not (ready and name.strip()):
+    st.warning("Give the dataset a name and choose its files first.")
+elif go:
     bar, say = progress_bar()
     try:                                        # the bar goes, whatever happens
         with ui.user_errors():

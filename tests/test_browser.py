@@ -175,10 +175,7 @@ def test_upload_a_zip_then_search_it(app_url, browser, tmp_path):
     _wait_for_run(page)
     page.get_by_text("One zip (images + captions.csv)").click()
     _wait_for_run(page)
-    name_box = page.get_by_placeholder("my-photos")
-    name_box.fill("browser-upload")
-    name_box.press("Enter")
-    _wait_for_run(page)
+    page.get_by_placeholder("my-photos").fill("browser-upload")   # a form: sent on submit
     page.locator('input[type="file"]').first.set_input_files(str(_demo_zip(tmp_path / "s.zip")))
     _wait_for_run(page)
     page.get_by_role("button", name="Create dataset").click()

@@ -147,8 +147,12 @@ def test_upload_page_renders_with_its_limits(clipgeom_home):
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     assert not at.exception and not at.error
     assert any("200 MB per file" in c.value for c in at.caption)
-    # nothing uploaded yet: the button is disabled
-    assert at.button(key="upload_go").disabled
+    # nothing uploaded yet: submitting asks for a name and files, and writes nothing
+    [go] = [b for b in at.button if b.label == "Create dataset"]
+    go.click().run()
+    assert not at.exception and not at.error
+    assert any("choose its files first" in w.value for w in at.warning)
+    assert store.list_datasets() == []
     at.radio(key="upload_kind").set_value("Precomputed .npy embeddings").run()
     assert not at.exception and not at.error
 
