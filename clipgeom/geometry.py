@@ -273,6 +273,15 @@ def mean_over_sigma(summary: ModalitySummary) -> float:
     return float(np.linalg.norm(summary.mean) / np.linalg.norm(summary.std))
 
 
+def mean_cosine(image: ModalitySummary, text: ModalitySummary) -> float:
+    """cos(m_i, m_t): the modality gap as the angle between the two means
+    (NaN when a mean is zero)."""
+    ni, nt = np.linalg.norm(image.mean), np.linalg.norm(text.mean)
+    if ni == 0 or nt == 0:
+        return float("nan")
+    return float(image.mean @ text.mean / (ni * nt))
+
+
 def centroid_distance(image: ModalitySummary, text: ModalitySummary) -> float:
     """||m_i - m_t||: the modality gap as the distance between the two means."""
     return float(np.linalg.norm(image.mean - text.mean))

@@ -134,9 +134,7 @@ def build_report(image: np.ndarray, text: np.ndarray, pair_image_rows: np.ndarra
     say("text shell, ellipsoid, conformity, isotropy")
     rep["text"] = _modality_section(text, s_txt, "text")
     rep["modality_gap"] = {"centroid_distance": geometry.centroid_distance(s_img, s_txt),
-                           "mean_cosine": float(
-                               s_img.mean @ s_txt.mean
-                               / (np.linalg.norm(s_img.mean) * np.linalg.norm(s_txt.mean)))}
+                           "mean_cosine": geometry.mean_cosine(s_img, s_txt)}
     say("conformity KL over alpha")
     kls = conformity.conformity_kl_sweep(image, text, alphas)
     rep["conformity_kl"] = {"alpha": kls.alpha, "kl": kls.kl, "at_zero": kls.at_zero,

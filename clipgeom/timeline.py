@@ -82,14 +82,11 @@ def step_measures(snap: Snapshot) -> dict:
     sep = geometry.separability(si, st)
     ci = conformity.fit_conformity(snap.image)
     ct = conformity.fit_conformity(snap.text)
-    mi, mt = si.mean, st.mean
-    gap = float(mi @ mt / (np.linalg.norm(mi) * np.linalg.norm(mt))) \
-        if np.linalg.norm(mi) > 0 and np.linalg.norm(mt) > 0 else float("nan")
     acc = retrieval_accuracy(snap.image, snap.text)
     row = {"step": snap.step,
            "separable features (Sep > 1)": int(np.sum(sep > 1)),
            "max Sep": float(np.max(sep)),
-           "cos(m_image, m_text)": gap,
+           "cos(m_image, m_text)": geometry.mean_cosine(si, st),
            "paired retrieval i2t": acc["i2t"], "paired retrieval t2i": acc["t2i"]}
     for mod, s, c in (("image", si, ci), ("text", st, ct)):
         shell = geometry.thin_shell(s)

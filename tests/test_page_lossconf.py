@@ -1,7 +1,6 @@
 """Pages 3 (alpha shift & loss) and 4 (conformity) through AppTest, numbers
 checked against brute-force N x N computations (tests/brute.py)."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,20 +9,13 @@ from scipy.stats import rankdata
 from streamlit.testing.v1 import AppTest
 
 import brute
+from apptest_helpers import figures, metrics
 from clipgeom import conformity, store, synthetic
 from dashboard import data
 
 ROOT = Path(__file__).resolve().parent.parent
 LOSS_PAGE = str(ROOT / "pages" / "3_Alpha_shift_and_loss.py")
 CONF_PAGE = str(ROOT / "pages" / "4_Conformity.py")
-
-
-def _metrics(at):
-    return {m.label: m.value for m in at.metric}
-
-
-def _chart(at, k):
-    return json.loads(at.get("plotly_chart")[k].proto.spec)
 
 
 def _stored(n=240, dim=16, seed=3):
@@ -65,16 +57,16 @@ def test_loss_page_on_synthetic_data(clipgeom_home):
     p = data.SYNTHETIC_PARAMS
     d = synthetic.two_shells(p["n"], p["dim"], seed=p["seed"])
     want = brute.clip_loss(d.image, d.text, 0.01)["total"]
-    got = float(_metrics(at)["Loss at α = 0 (unshifted, Eq. 7-8)"])
+    got = float(metrics(at)["Loss at α = 0 (unshifted, Eq. 7-8)"])
     assert abs(got - want) < 1e-3 * max(1.0, abs(want))
     # the logit table's cosine row is the same loss
     tab = [df.value for df in at.dataframe if "logit" in df.value.columns][0]
     assert abs(float(tab.loc[tab["logit"] == "cosine", "total"].iloc[0]) - want) < 1e-3 * want
     # moving the text set instead changes the curve
-    before = _chart(at, 0)["data"][0]["y"]
+    before = figures(at)[0]["data"][0]["y"]
     at.radio(key="alpha_modality").set_value("text").run()
     assert not at.exception
-    after = _chart(at, 0)["data"][0]["y"]
+    after = figures(at)[0]["data"][0]["y"]
     assert before != after
     sweep = [df.value for df in at.dataframe if "alpha" in df.value.columns][0]
     at1 = float(sweep.loc[np.isclose(sweep["alpha"], 1.0), "total"].iloc[0])
@@ -95,11 +87,11 @@ def test_conformity_page_on_a_stored_dataset(clipgeom_home):
     p = data.SYNTHETIC_PARAMS
     syn = synthetic.two_shells(p["n"], p["dim"], seed=p["seed"])
     want = conformity.conformity_kl(d.image, syn.image, bins=50).kl
-    cmp = _chart(at, 2)
+    cmp = figures(at)[2]
     assert cmp["data"][1]["name"] == data.SYNTHETIC
     assert f"= {want:.4f}" in " ".join(c.value for c in at.caption)
-    assert _chart(at, 0)["data"][0]["type"] == "scattergl"
-    m = _metrics(at)
+    assert figures(at)[0]["data"][0]["type"] == "scattergl"
+    m = metrics(at)
     # Pearson of exact (N x N) conformity vs cos to the mean, computed independently
     for mod, x in (("image", d.image), ("text", d.text)):
         exact = brute.conformity(x)

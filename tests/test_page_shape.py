@@ -11,16 +11,13 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from apptest_helpers import metrics
 from clipgeom import geometry, store, synthetic
 from dashboard import data
 
 ROOT = Path(__file__).resolve().parent.parent
 SEP_PAGE = str(ROOT / "pages" / "1_Separability.py")
 SHELL_PAGE = str(ROOT / "pages" / "2_Thin_shell_and_ellipsoid.py")
-
-
-def _metrics(at):
-    return {m.label: m.value for m in at.metric}
 
 
 def _sep_count(image, text):
@@ -100,7 +97,7 @@ def test_separability_page_on_synthetic(clipgeom_home):
     assert not at.exception
     assert not at.error
     assert any("SYNTHETIC DATA" in w.value for w in at.warning)
-    m = _metrics(at)
+    m = metrics(at)
     assert m["Separable features (Sep > 1, Eq. 5)"] == str(n_above)
     assert "SVM accuracy, top two features (Fig. 2)" in m
     assert m["Linear separability, all features"].endswith("%")
@@ -128,7 +125,7 @@ def test_shell_page_on_synthetic(clipgeom_home):
     at = AppTest.from_file(SHELL_PAGE, default_timeout=180).run()
     assert not at.exception
     assert not at.error
-    m = _metrics(at)
+    m = metrics(at)
     assert m["image: μ_norm = E‖v − m‖"] == f"{_mu_norm(syn.image):.4f}"
     assert m["text: μ_norm = E‖v − m‖"] == f"{_mu_norm(syn.text):.4f}"
     x = syn.text.astype(np.float64)
@@ -176,13 +173,13 @@ def test_pages_on_a_stored_dataset_with_captions(stored):
     at = AppTest.from_file(SEP_PAGE, default_timeout=180).run()
     assert not at.exception and not at.error
     assert not any("SYNTHETIC" in w.value for w in at.warning)
-    assert _metrics(at)["Separable features (Sep > 1, Eq. 5)"] == str(
+    assert metrics(at)["Separable features (Sep > 1, Eq. 5)"] == str(
         _sep_count(image, text)[0])
     assert len(at.get("plotly_chart")) == 7
 
     at = AppTest.from_file(SHELL_PAGE, default_timeout=180).run()
     assert not at.exception and not at.error
-    assert _metrics(at)["image: μ_norm = E‖v − m‖"] == f"{_mu_norm(image):.4f}"
+    assert metrics(at)["image: μ_norm = E‖v − m‖"] == f"{_mu_norm(image):.4f}"
     largest = at.dataframe[0].value
     assert largest["caption"].iloc[0] == "an unusual caption with a huge norm"
     assert largest["row"].iloc[0] == 17

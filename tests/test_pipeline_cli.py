@@ -12,15 +12,21 @@ from fixtures_media import make_coco, make_coco_annotations_zip
 from test_fetch import serve
 
 
+def _coco_files(tmp_path, ann_url: str, n_images: int, captions_per_image: int):
+    """A generated MS-COCO (images, {url path: bytes}) to serve over local HTTP."""
+    ann_json, images_dir, images = make_coco(tmp_path / "origin", n_images=n_images,
+                                             captions_per_image=captions_per_image)
+    ann_zip = make_coco_annotations_zip(tmp_path / ann_url.lstrip("/"), ann_json)
+    files = {ann_url: ann_zip.read_bytes()}
+    for im in images:
+        files[f"/val2017/{im['file_name']}"] = (images_dir / im["file_name"]).read_bytes()
+    return images, files
+
+
 def test_fetch_coco_then_coco_command(tmp_path, clipgeom_home, tiny_model_config, checkpoint,
                                       capsys, monkeypatch):
     monkeypatch.setattr(fetch, "BACKOFF_S", 0.0)
-    src = tmp_path / "origin"
-    ann_json, images_dir, images = make_coco(src, n_images=5, captions_per_image=2)
-    ann_zip = make_coco_annotations_zip(tmp_path / "annotations_trainval2017.zip", ann_json)
-    files = {"/annotations_trainval2017.zip": ann_zip.read_bytes()}
-    for im in images:
-        files[f"/val2017/{im['file_name']}"] = (images_dir / im["file_name"]).read_bytes()
+    images, files = _coco_files(tmp_path, "/annotations_trainval2017.zip", 5, 2)
     dest = tmp_path / "coco"
     with serve(files) as srv:
         rc = main(["fetch-coco", str(dest), "--limit", "3",
@@ -84,12 +90,7 @@ def test_search_needs_a_model_for_text_queries(clipgeom_home, capsys):
 def test_demo_coco_chains_fetch_import_and_embed(tmp_path, clipgeom_home, tiny_model_config,
                                                  checkpoint, capsys, monkeypatch):
     monkeypatch.setattr(fetch, "BACKOFF_S", 0.0)
-    src = tmp_path / "origin"
-    ann_json, images_dir, images = make_coco(src, n_images=4, captions_per_image=3)
-    ann_zip = make_coco_annotations_zip(tmp_path / "ann.zip", ann_json)
-    files = {"/ann.zip": ann_zip.read_bytes()}
-    for im in images:
-        files[f"/val2017/{im['file_name']}"] = (images_dir / im["file_name"]).read_bytes()
+    _, files = _coco_files(tmp_path, "/ann.zip", 4, 3)
     with serve(files) as srv:
         rc = main(["demo", "coco", "--name", "cocodemo", "--dir", str(tmp_path / "c"),
                    "--limit", "2", "--annotations-url", srv.base + "/ann.zip",
