@@ -77,7 +77,9 @@ def _cmd_report(args) -> int:
 
     ds = store.open_dataset(args.name)
     progress = None if args.quiet else (lambda m: print(f"... {m}", file=sys.stderr))
-    rep = report.report_for_dataset(ds, temperature=args.temperature,
+    temperature = report.default_temperature(ds) if args.temperature is None \
+        else args.temperature
+    rep = report.report_for_dataset(ds, temperature=temperature,
                                     max_pairs=args.max_pairs, seed=args.seed,
                                     progress=progress)
     if args.json:
@@ -339,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="the geometry report of a dataset")
     s.add_argument("name")
     s.add_argument("--json", action="store_true", help="print one JSON object")
-    s.add_argument("--temperature", type=float, default=0.01)
+    s.add_argument("--temperature", type=float, default=None,
+                   help="softmax temperature (default: the model's own learned one where "
+                        "the dataset records it, else CLIP's 0.01)")
     s.add_argument("--max-pairs", type=int, default=5000,
                    help="pairs used as one batch for the loss (seeded sample above)")
     s.add_argument("--seed", type=int, default=0)

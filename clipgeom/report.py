@@ -179,6 +179,14 @@ def build_report(image: np.ndarray, text: np.ndarray, pair_image_rows: np.ndarra
     return _clean(rep)
 
 
+def default_temperature(ds) -> float:
+    """The dataset's model's own learned τ where the manifest records it
+    (``model.temperature``), else CLIP's 0.01: what the dashboard and CLI use
+    unless told otherwise."""
+    t = (ds.manifest.get("model") or {}).get("temperature")
+    return float(t) if isinstance(t, (int, float)) and t > 0 else loss.CLIP_TEMPERATURE
+
+
 def report_for_dataset(ds, **kwargs) -> dict:
     """:func:`build_report` on a :class:`clipgeom.store.Dataset`."""
     ii, tt = ds.pairs()

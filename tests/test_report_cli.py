@@ -217,3 +217,14 @@ def test_stored_report_is_computed_once_and_shipped_reports_are_read(clipgeom_ho
         f.write_text("{not json")
     assert report.stored_report(bundled, temperature=0.05, max_pairs=200) == first
     assert len(calls) == 2
+
+
+def test_report_cli_defaults_to_the_models_own_temperature(clipgeom_home, capsys):
+    from clipgeom import store
+
+    d = synthetic.two_shells(200, 8, seed=5)
+    store.create_dataset("tau", d.image, d.text, model={"name": "m", "temperature": 0.05})
+    assert main(["report", "tau", "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["temperature"] == 0.05
+    assert main(["report", "tau", "--json", "--quiet", "--temperature", "0.02"]) == 0
+    assert json.loads(capsys.readouterr().out)["temperature"] == 0.02
