@@ -89,14 +89,24 @@ def build_report(image: np.ndarray, text: np.ndarray, pair_image_rows: np.ndarra
                  pair_text_rows: np.ndarray, *, dataset: str = "", temperature: float =
                  loss.CLIP_TEMPERATURE, alphas=None, max_pairs: int = DEFAULT_MAX_PAIRS,
                  seed: int = 0, normalized_input: Optional[dict] = None,
-                 progress: Progress = None) -> dict:
+                 progress: Progress = None, reuse: Optional[dict] = None) -> dict:
     """Compute the report for raw image/text embeddings and their pairing.
 
     ``pair_image_rows[k]``, ``pair_text_rows[k]`` index pair k (one caption
     per image). ``progress(message)`` is called before each stage.
+
+    ``reuse``: a report of the same arrays and seed (any temperature or pair
+    count): its sections that depend on neither are taken as they are and
+    only the paired measures are computed (what a temperature change needs).
     """
     say = progress or (lambda msg: None)
     alphas = loss.default_alphas() if alphas is None else np.asarray(alphas, float)
+    if _reusable(reuse, image, text, seed, alphas):
+        say("modality statistics (reused)")
+        rep = {k: v for k, v in reuse.items() if k in _UNPAIRED_KEYS}
+        rep.update(dataset=dataset, temperature=float(temperature))
+        return _clean(_paired_sections(rep, image, text, pair_image_rows, pair_text_rows,
+                                       temperature, alphas, max_pairs, seed, say))
     say("modality statistics")
     s_img = geometry.summarize(image, "image embeddings")
     s_txt = geometry.summarize(text, "text embeddings")
@@ -140,6 +150,34 @@ def build_report(image: np.ndarray, text: np.ndarray, pair_image_rows: np.ndarra
     rep["conformity_kl"] = {"alpha": kls.alpha, "kl": kls.kl, "at_zero": kls.at_zero,
                             "argmin": kls.argmin, "modality": kls.modality, "bins": kls.bins}
 
+    return _clean(_paired_sections(rep, image, text, pair_image_rows, pair_text_rows,
+                                   temperature, alphas, max_pairs, seed, say))
+
+
+# Sections that depend on neither the temperature nor the pair sample size.
+_UNPAIRED_KEYS = ("schema", "n_images", "n_texts", "n_pairs", "dim", "normalized_input",
+                  "normalized_input_by_modality", "separability", "image", "text",
+                  "modality_gap", "conformity_kl", "seed_unpaired")
+
+
+def _reusable(reuse, image, text, seed, alphas) -> bool:
+    if not isinstance(reuse, dict) or reuse.get("schema") != SCHEMA:
+        return False
+    try:
+        ck = reuse["conformity_kl"]["alpha"]
+        return (reuse["n_images"] == image.shape[0] and reuse["n_texts"] == text.shape[0]
+                and reuse["dim"] == image.shape[1]
+                and reuse.get("seed_unpaired", 0) == int(seed)
+                and len(ck) == len(alphas) and np.allclose(ck, alphas))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _paired_sections(rep, image, text, pair_image_rows, pair_text_rows, temperature,
+                     alphas, max_pairs, seed, say) -> dict:
+    """Loss, EuCLIP logits and alpha sweeps on the seeded pair sample (Eq. 7-9, 14-15)."""
+    norm = rep["normalized_input_by_modality"]
+    rep["seed_unpaired"] = int(seed)
     unavailable = {}
     n_pairs = len(pair_image_rows)
     if n_pairs < 2:
@@ -176,7 +214,7 @@ def build_report(image: np.ndarray, text: np.ndarray, pair_image_rows: np.ndarra
         unavailable["thin_shell"] = ("input arrived L2-normalised: norm statistics describe "
                                      "the unit sphere, not the raw shell")
     rep["unavailable"] = unavailable
-    return _clean(rep)
+    return rep
 
 
 def default_temperature(ds) -> float:
@@ -204,7 +242,7 @@ def _cache_name(ds, params: dict) -> str:
 
 def stored_report(ds, *, temperature: float = loss.CLIP_TEMPERATURE,
                   max_pairs: int = DEFAULT_MAX_PAIRS, seed: int = 0,
-                  progress: Progress = None) -> dict:
+                  progress: Progress = None, reuse: Optional[dict] = None) -> dict:
     """:func:`report_for_dataset`, computed once per dataset fingerprint and
     parameters and kept as JSON in the dataset's cache folder (a bundled
     dataset may ship its reports in ``<dataset>/cache``). A report takes
@@ -219,12 +257,19 @@ def stored_report(ds, *, temperature: float = loss.CLIP_TEMPERATURE,
                 rep = json.loads((folder / name).read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue                  # damaged: recompute and replace below
+            if not _looks_like_report(rep):
+                continue                  # valid JSON but not a report: recompute
             rep["dataset"] = ds.name      # equal arrays under another name share it
             return rep
-    rep = report_for_dataset(ds, progress=progress, **params)
+    rep = report_for_dataset(ds, progress=progress, reuse=reuse, **params)
     with replacing(ds.cache_dir / name) as tmp:
         tmp.write_text(json.dumps(rep), encoding="utf-8")
     return rep
+
+
+def _looks_like_report(rep) -> bool:
+    return (isinstance(rep, dict) and rep.get("schema") == SCHEMA
+            and all(isinstance(rep.get(k), dict) for k in ("separability", "image", "text")))
 
 
 def summary_text(rep: dict) -> str:

@@ -77,24 +77,51 @@ def open_dataset(name: str) -> Loaded:
     return _open_stored(name, fp)
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
+@st.cache_resource(show_spinner=False)
+def _report_memo() -> dict:
+    """Reports already computed in this process, keyed by fingerprint + parameters
+    (shared by sessions; reports are read-only dicts)."""
+    return {}
+
+
+_MEMO_SIZE = 16
+
+
 def cached_report(fingerprint: str, _data: Loaded, temperature: float,
                   max_pairs: int) -> dict:
-    """The report for one dataset and parameters, computed once per fingerprint."""
+    """The report for one dataset and parameters, computed once per fingerprint.
+
+    A stored dataset's report is read from (or written to) its cache on disk,
+    so a restart does not recompute it. Not under ``st.cache_data``: computing
+    draws a progress bar, and a cached function must never draw.
+    """
+    key = (fingerprint, round(float(temperature), 6), int(max_pairs))
+    memo = _report_memo()
+    if key in memo:
+        return memo[key]
+    # Another temperature or pair count of the same data: only the paired
+    # measures are recomputed (report.build_report's ``reuse``).
+    reuse = next((r for k, r in memo.items() if k[0] == fingerprint), None)
     bar = st.progress(0.0, text="computing the geometry report…")
     stages = iter(range(1, 100))
 
     def progress(msg: str) -> None:
         bar.progress(min(next(stages) / 10, 1.0), text=f"computing: {msg}…")
 
-    if _data.name == SYNTHETIC:          # in memory: nowhere to keep it on disk
-        rep = report.build_report(_data.image, _data.text, _data.pair_image_rows,
-                                  _data.pair_text_rows, dataset=_data.name,
-                                  temperature=temperature, max_pairs=max_pairs,
-                                  normalized_input=_data.normalized_input,
-                                  progress=progress)
-    else:                                # on disk, so a restart does not recompute
-        rep = report.stored_report(store.open_dataset(_data.name), temperature=temperature,
-                                   max_pairs=max_pairs, progress=progress)
-    bar.empty()
+    try:
+        if _data.name == SYNTHETIC:          # in memory: nowhere to keep it on disk
+            rep = report.build_report(_data.image, _data.text, _data.pair_image_rows,
+                                      _data.pair_text_rows, dataset=_data.name,
+                                      temperature=temperature, max_pairs=max_pairs,
+                                      normalized_input=_data.normalized_input,
+                                      progress=progress, reuse=reuse)
+        else:                                # on disk, so a restart does not recompute
+            rep = report.stored_report(store.open_dataset(_data.name),
+                                       temperature=temperature, max_pairs=max_pairs,
+                                       progress=progress, reuse=reuse)
+    finally:
+        bar.empty()
+    while len(memo) >= _MEMO_SIZE:
+        memo.pop(next(iter(memo)))
+    memo[key] = rep
     return rep

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import streamlit as st
 
@@ -10,12 +11,14 @@ from clipgeom.errors import ClipgeomError
 
 from . import data
 
+log = logging.getLogger("clipgeom.dashboard")
+
 
 def _remember_dataset() -> None:
     st.session_state["dataset"] = st.session_state["dataset_select"]
 
 
-def dataset_picker() -> data.Loaded | None:
+def dataset_picker(where=None) -> data.Loaded | None:
     """The sidebar dataset selector; the choice is kept across pages.
 
     Streamlit drops a widget's state when the user switches pages, so the
@@ -24,12 +27,15 @@ def dataset_picker() -> data.Loaded | None:
     """
     names = data.dataset_names()
     request = st.session_state.pop("dataset_request", None)   # e.g. a fresh upload
+    if request is None and "dataset" not in st.session_state:
+        request = st.query_params.get("dataset")             # a shared link
     if request in names:
         st.session_state["dataset"] = request
     if st.session_state.get("dataset") not in names:
         st.session_state["dataset"] = names[0]
+    st.query_params["dataset"] = st.session_state["dataset"]  # a copied link reopens it
     st.session_state["dataset_select"] = st.session_state["dataset"]
-    choice = st.sidebar.selectbox("Dataset", names, key="dataset_select",
+    choice = (where or st.sidebar).selectbox("Dataset", names, key="dataset_select",
                                   on_change=_remember_dataset)
     with user_errors():
         return data.open_dataset(choice)
@@ -38,12 +44,39 @@ def dataset_picker() -> data.Loaded | None:
 
 @contextlib.contextmanager
 def user_errors():
-    """Show clipgeom's own errors as an error box instead of a traceback."""
+    """Show clipgeom's own errors as an error box and stop the page (for what
+    every later section needs, e.g. opening the dataset)."""
     try:
         yield
     except ClipgeomError as exc:
         st.error(str(exc))
         st.stop()
+
+
+class section(contextlib.AbstractContextManager):
+    """A page section whose errors stay in it: ``with ui.section("UMAP"): ...``.
+
+    A clipgeom error (bad parameter, too few rows) is shown as that section's
+    error box; any other exception is shown as a short message (the traceback
+    goes to the server log, not to the user). The page then continues with the
+    next section. Streamlit's own stop/rerun signals are BaseExceptions and pass.
+    """
+
+    def __init__(self, title: str | None = None):
+        self.title = title
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None or not isinstance(exc, Exception):
+            return False
+        where = f"{self.title}: " if self.title else ""
+        if isinstance(exc, ClipgeomError):
+            st.error(where + str(exc))
+        else:
+            log.exception("section %r failed", self.title)
+            st.error(f"{where}this section could not be drawn ({type(exc).__name__}: "
+                     f"{str(exc)[:300]}). The rest of the page is unaffected; please "
+                     "report it with the dataset and the settings you chose.")
+        return True
 
 
 def synthetic_banner(loaded: data.Loaded) -> None:
@@ -55,13 +88,13 @@ def synthetic_banner(loaded: data.Loaded) -> None:
 
 
 def page_header(title: str):
-    """What every page does first: config, dataset picker, presentation switch,
+    """What every page does first: config, presentation switch, dataset picker,
     synthetic-data banner. Returns the loaded dataset."""
     from . import figures
 
     st.set_page_config(page_title=f"clipgeom: {title}", page_icon="🔭", layout="wide")
-    loaded = dataset_picker()
     figures.presentation_toggle()
+    loaded = dataset_picker(figures.open_controls())
     synthetic_banner(loaded)
     return loaded
 
@@ -69,7 +102,9 @@ def page_header(title: str):
 def temperature_input(loaded: data.Loaded, where=None) -> float:
     """The softmax temperature control, defaulting to the dataset's model's own τ
     (reset when the dataset changes: the key holds its fingerprint)."""
-    where = where or st.sidebar
+    from . import figures
+
+    where = where or figures.controls()
     own = loaded.temperature
     label = "Temperature τ" + (f" (this model: {own:.4f}; CLIP: 0.01)" if own else
                                " (CLIP: 0.01)")

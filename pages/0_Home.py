@@ -5,18 +5,17 @@ import streamlit as st
 
 from dashboard import data, figures, ui
 
+loaded = ui.page_header("home")
+
 st.title("clipgeom: the geometry of CLIP embeddings before normalisation")
 st.caption("After Levi & Gilboa, *The Double-Ellipsoid Geometry of CLIP* (ICML 2025), "
            "and related papers. Every number below comes from `python -m clipgeom report`.")
 
-loaded = ui.dataset_picker()
-figures.presentation_toggle()
 temperature = ui.temperature_input(loaded)
-max_pairs = st.sidebar.number_input("Pairs in the loss batch", min_value=10,
+max_pairs = figures.controls().number_input("Pairs in the loss batch", min_value=10,
                                     max_value=25000, value=5000, step=500,
                                     help="Paired measures use one caption per image, on a "
                                          "seeded sample of at most this many pairs.")
-ui.synthetic_banner(loaded)
 
 with ui.user_errors():
     rep = data.cached_report(loaded.fingerprint, loaded, float(temperature), int(max_pairs))
@@ -80,7 +79,7 @@ if rep["loss"]:
     fig = go.Figure()
     for mod, sw in rep["alpha_sweep"].items():
         fig.add_trace(go.Scatter(x=sw["alpha"], y=sw["total"], mode="lines+markers",
-                                 name=f"shift {mod}",
+                                 name=f"{mod} shifted",
                                  hovertemplate="α=%{x:.1f}<br>loss=%{y:.4f}"))
     fig.update_layout(xaxis_title="α (v' = v − α m)", yaxis_title="CLIP loss")
     figures.show(fig, "Double-Ellipsoid Fig. 6 (top): the paper finds the minimum near α = 0 "

@@ -20,7 +20,8 @@ HAS_DEMO = (ROOT / "assets" / "demo" / "manifest.json").exists()
 MIN_FIGURES = {"app": (2, 2), "1_Separability": (4, 4), "2_Thin_shell_and_ellipsoid": (5, 5),
                "3_Alpha_shift_and_loss": (4, 4), "4_Conformity": (4, 2),
                "5_Projections_and_isotropy": (4, 4), "6_Search_and_interpolation": (2, 2),
-               "7_Training_timeline": (5, 0), "8_Upload": (0, 0)}
+               "7_Training_timeline": (5, 0), "8_Upload": (0, 0),
+               "9_Talk": (1, 1)}
 
 
 def _run(page: Path, dataset: str | None = None):

@@ -5,111 +5,34 @@ Skips with a reason where Chromium is absent (a user's laptop); in CI
 test-artifacts/ for a person to look at.
 """
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = os.environ.get("CLIPGEOM_CHROMIUM") or shutil.which("chromium") \
-    or shutil.which("chromium-browser")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+from tests.browser_support import (ARTIFACTS, ROOT, assert_no_errors, launch, need_browser,
+                                   serve, wait_for_run)
 
 pytestmark = pytest.mark.browser
-
-
-def _need_browser():
-    if CHROMIUM:
-        return
-    if os.environ.get("CI"):
-        pytest.fail("CI must run the browser test: install Debian's chromium package")
-    pytest.skip("no Chromium found (apt-get install chromium, or set CLIPGEOM_CHROMIUM)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_wait_for_run = wait_for_run
 
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    _need_browser()
-    home = tmp_path_factory.mktemp("home")
-    port = _free_port()
+    need_browser()
     # A fresh home beside the bundled demo: the pages open on the demo, as for a
     # user's first start.
-    env = dict(os.environ, CLIPGEOM_HOME=str(home), PYTHONPATH=str(ROOT))
-    env.pop("CLIPGEOM_ASSETS", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
-         "--server.headless", "true", "--server.address", "127.0.0.1",
-         "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(url + "/_stcore/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-                    pytest.fail(f"streamlit did not start:\n{out[-3000:]}")
-                time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    yield from serve(tmp_path_factory.mktemp("home"))
 
 
 @pytest.fixture(scope="module")
 def browser():
-    _need_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    need_browser()
+    with launch() as b:
         yield b
-        b.close()
-
-
-def _wait_for_run(page, timeout_s=240):
-    """Wait until Streamlit has finished: no running indicator and no skeleton
-    placeholders, twice in a row half a second apart."""
-    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_s * 1000)
-    deadline = time.time() + timeout_s
-    quiet = 0
-    time.sleep(1.0)
-    while time.time() < deadline:
-        busy = (page.locator('[data-testid="stStatusWidget"]').count()
-                + page.locator('[data-testid="stSkeleton"]').count())
-        quiet = quiet + 1 if busy == 0 else 0
-        if quiet >= 2:
-            return
-        time.sleep(0.5)
-    raise AssertionError("the app was still running after the timeout")
 
 
 def _assert_no_errors(page):
-    assert page.locator('[data-testid="stException"]').count() == 0, \
-        page.locator('[data-testid="stException"]').first.inner_text()
-    errors = page.locator('[data-testid="stAlertContentError"]')
-    assert errors.count() == 0, errors.first.inner_text()
-    assert "Traceback" not in page.content()
-    assert page.get_by_text("Page not found").count() == 0
+    assert_no_errors(page)
 
 
 def test_home_page_renders_charts_without_errors(app_url, browser):
