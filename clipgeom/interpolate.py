@@ -105,13 +105,15 @@ def vslerp(a, b, theta, alpha: float, mean) -> np.ndarray:
     return _slerp(sa, sb, theta, "vector a - alpha * mean", "vector b - alpha * mean") + shift
 
 
-def nearest_cosine(queries, targets, k: int = 1, *, chunk: int = 65536
+def nearest_cosine(queries, targets, k: int = 1, *, chunk: int = 65536, exclude=()
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k cosine neighbours of each query row among ``targets`` rows.
 
     Returns (rows [Q, k], cosines [Q, k]), best first. Targets are read in row
-    chunks (a memory-mapped array is never copied whole); zero target rows
-    never match. Used to show which items lie nearest a SLERP/vSLERP path.
+    chunks (a memory-mapped array is never copied whole); zero target rows and
+    the rows listed in ``exclude`` never match (when fewer rows can match than
+    k, the missing places hold row -1 and cosine -inf). Used to show which
+    items lie nearest a SLERP/vSLERP path.
     """
     q = np.atleast_2d(np.asarray(queries, dtype=np.float64))
     x = validate.embeddings(targets, "targets", min_rows=1, allow_zero=True)
@@ -121,6 +123,7 @@ def nearest_cosine(queries, targets, k: int = 1, *, chunk: int = 65536
         raise InputError("a query vector is zero or not finite; its cosine is undefined.")
     q = q / qn
     k = int(min(max(1, k), x.shape[0]))
+    excl = np.unique(np.asarray(list(exclude), dtype=np.int64))
     best_rows = np.zeros((q.shape[0], 0), dtype=np.int64)
     best_cos = np.zeros((q.shape[0], 0))
     for start in range(0, x.shape[0], chunk):
@@ -128,37 +131,59 @@ def nearest_cosine(queries, targets, k: int = 1, *, chunk: int = 65536
         norms = np.linalg.norm(block, axis=1)
         cos = (block @ q.T).T / np.where(norms > 0, norms, np.inf)
         cos[:, norms == 0] = -np.inf
+        hit = excl[(excl >= start) & (excl < start + len(block))] - start
+        cos[:, hit] = -np.inf
         rows = np.concatenate([best_rows, np.broadcast_to(
             np.arange(start, start + len(block)), cos.shape)], axis=1)
         vals = np.concatenate([best_cos, cos], axis=1)
         top = np.argsort(-vals, axis=1, kind="stable")[:, :k]
         best_rows = np.take_along_axis(rows, top, 1)
         best_cos = np.take_along_axis(vals, top, 1)
+    best_rows = np.where(np.isneginf(best_cos), -1, best_rows)
     return best_rows, best_cos
 
 
-def compare_paths(a, b, mean, thetas, alpha: float, targets: dict) -> dict:
+def repeats(rows) -> np.ndarray:
+    """True where an item equals the one just before it along a path (the
+    same nearest item at consecutive thetas), so a gallery shows it once."""
+    r = np.asarray(rows).ravel()
+    out = np.zeros(len(r), dtype=bool)
+    out[1:] = r[1:] == r[:-1]
+    return out
+
+
+def compare_paths(a, b, mean, thetas, alpha: float, targets: dict, *,
+                  exclude: dict | None = None) -> dict:
     """SLERP vs vSLERP between ``a`` and ``b`` and what lies nearest each point
     (Double-Ellipsoid Sec. 7.2, Fig. 12).
 
     For ``path`` in ("slerp", "vslerp") returns the points [T, d], their
-    cos(m, x) (the conformity proxy of Def. 2), their norms, and for each name
-    in ``targets`` ({name: [N, d] array}) the nearest row and its cosine at
-    every theta. vSLERP around the mean (alpha = 1) keeps ||x - m|| between the
-    endpoints' values, i.e. on the shell; SLERP around the origin does not.
+    cos(m, x) (the conformity proxy of Def. 2), ||x - m|| (the distance to the
+    modality mean: the shell radius of Eq. 1-4 on the shell), their norms, and
+    for each name in ``targets`` ({name: [N, d] array}) the nearest row and its
+    cosine at every theta (``nearest_<name>``, ``nearest_<name>_cos``) and
+    whether it repeats the previous theta's (``nearest_<name>_repeat``).
+    ``exclude`` ({name: rows}) leaves rows out of the search, e.g. the two
+    endpoints themselves, so the galleries show what lies ALONG the path
+    rather than the endpoints again. vSLERP around the mean (alpha = 1) keeps
+    ||x - m|| between the endpoints' values, i.e. on the shell; SLERP around
+    the origin does not.
     """
     thetas = np.asarray(thetas, dtype=np.float64).ravel()
     m = np.asarray(mean, dtype=np.float64)
     mn = np.linalg.norm(m)
+    exclude = exclude or {}
     out = {"thetas": thetas}
     for name, pts in (("slerp", slerp(a, b, thetas)),
                       ("vslerp", vslerp(a, b, thetas, alpha, m))):
         norms = np.linalg.norm(pts, axis=1)
         res = {"points": pts, "norm": norms,
+               "dist_to_mean": np.linalg.norm(pts - m, axis=1),
                "cos_to_mean": (pts @ m) / (norms * mn) if mn > 0 else np.full(len(pts), np.nan)}
         for tname, x in targets.items():
-            rows, cos = nearest_cosine(pts, x, 1)
+            rows, cos = nearest_cosine(pts, x, 1, exclude=exclude.get(tname, ()))
             res[f"nearest_{tname}"] = rows[:, 0]
             res[f"nearest_{tname}_cos"] = cos[:, 0]
+            res[f"nearest_{tname}_repeat"] = repeats(rows[:, 0])
         out[name] = res
     return out

@@ -179,6 +179,22 @@ def _model_manifest(lm) -> dict:
     return out
 
 
+def _no_image_message(skipped: list[dict], show: int = 3) -> str:
+    """Why no dataset could be made: every image failed (with the first reasons,
+    each naming its file), or there was no image at all."""
+    if not skipped:
+        return ("no image could be embedded: the import holds no image files. Add images "
+                "(JPEG, PNG, WebP, BMP, GIF or TIFF) next to the captions file.")
+    lines = []
+    for s in skipped[:show]:
+        item, reason = str(s.get("item", "")), str(s.get("reason", "")).rstrip(". ")
+        lines.append(reason if item and item in reason else f"{item}: {reason}")
+    more = f" (and {len(skipped) - show} more)" if len(skipped) > show else ""
+    return (f"every image failed, so no dataset was created ({len(skipped)} item(s) "
+            f"skipped). First reasons: " + "; ".join(lines) + more + ". Check that the "
+            "files are readable images and that the captions file names them.")
+
+
 def _assemble(name, items: ItemList, lm, job: Path, n_chunks: int, t_chunks: int,
               truncated: int, bs: int, opts: JobOptions, h: Path) -> "store.Dataset":
     embs, rows, skipped = [], [], [dict(item=s.item, reason=s.reason) for s in items.skipped]
@@ -191,6 +207,9 @@ def _assemble(name, items: ItemList, lm, job: Path, n_chunks: int, t_chunks: int
                                     reason=str(why)))
     image_emb = np.concatenate(embs) if embs else np.zeros((0, lm.dim), np.float32)
     ok_rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    if len(image_emb) == 0:
+        n_ingest = len(items.skipped)      # decoding failures first: they name images
+        raise InputError(_no_image_message(skipped[n_ingest:] + skipped[:n_ingest]))
     order = np.argsort(ok_rows, kind="stable")
     image_emb, ok_rows = image_emb[order], ok_rows[order]
     texts = []

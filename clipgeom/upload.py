@@ -18,6 +18,7 @@ file accepts no option of ours.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from . import embed, ingest, job, store
-from .errors import InputError
+from .errors import ClipgeomError, InputError
 
 MAX_FILES = int(os.environ.get("CLIPGEOM_MAX_UPLOAD_FILES", "5000"))
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -114,6 +115,57 @@ def as_file(filename: str, data: bytes) -> Iterator[Path]:
         yield path
 
 
+# A path inside a staging folder, up to the user's own file name: the folder
+# (``.../uploads/upload-XXXX/``) and the sub-folder the upload was written to
+# (``images/``, ``image/``, ``text/``, or ``extracted/<zip>-XXXX/``).
+_STAGED = re.compile(
+    r"(?:[A-Za-z]:)?(?:[^\s'\"()\[\]]*?[\\/])?uploads[\\/]upload-[A-Za-z0-9_]+[\\/]"
+    r"(?:(?:images|image|text)[\\/]|extracted[\\/][A-Za-z0-9_.-]+[\\/])?")
+
+
+def user_message(text: str, home=None) -> str:
+    """``text`` (an error or a skipped-file reason) with every server path into
+    the private staging folder cut down to the user's own file name
+    (``/srv/x/uploads/upload-ab12/images/cat.png`` -> ``cat.png``; a zip member
+    keeps its folder inside the zip)."""
+    text = str(text)
+    root = (store.home() if home is None else Path(home)) / "uploads"
+    for r in sorted({str(root), os.path.realpath(root)}, key=len, reverse=True):
+        for sep in ("/", os.sep):
+            text = text.replace(r + sep, "uploads/")
+    return _STAGED.sub("", text)
+
+
+def skipped_for_user(ds: "store.Dataset", home=None) -> list[dict]:
+    """The dataset's skipped items (file and reason), with server paths cut down
+    to the user's own file names by :func:`user_message`."""
+    return [{"item": user_message(s.get("item", ""), home),
+             "reason": user_message(s.get("reason", ""), home)}
+            for s in (ds.manifest.get("skipped") or [])]
+
+
+def _user_facing(fn):
+    """Errors of an upload name the user's files, never the staging folder."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ClipgeomError as exc:
+            raise type(exc)(user_message(str(exc), kwargs.get("home"))) from None
+    return wrapper
+
+
+def user_datasets(home=None) -> list[str]:
+    """Names of the datasets a user may delete (their own, never bundled ones)."""
+    return [d["name"] for d in store.list_datasets(home) if not d.get("read_only")]
+
+
+def delete_user_dataset(name: str, home=None) -> None:
+    """Delete one of the user's datasets (store.delete_dataset); a bundled one
+    is refused with a DatasetError that says so."""
+    store.delete_dataset(name, home)
+
+
 def _check_new_name(name: str, overwrite: bool, home) -> None:
     """Before any work: a bundled name can never be replaced, a user one only
     when asked."""
@@ -133,6 +185,7 @@ def _need_captions(items: "ingest.ItemList", what: str) -> None:
                          "with 'image' and 'caption' columns) so both modalities exist.")
 
 
+@_user_facing
 def embed_images(name: str, images: list[tuple[str, bytes]],
                  captions: Optional[tuple[str, bytes]], spec: embed.ModelSpec, *,
                  limits: UploadLimits = UploadLimits(), overwrite: bool = False,
@@ -176,6 +229,7 @@ def _run_job(name, items, spec, overwrite, progress, home) -> "store.Dataset":
                       ignore_errors=True)
 
 
+@_user_facing
 def embed_zip(name: str, archive: tuple[str, bytes], spec: embed.ModelSpec, *,
               limits: UploadLimits = UploadLimits(), overwrite: bool = False,
               progress: Progress = None, home=None) -> "store.Dataset":
@@ -192,6 +246,7 @@ def embed_zip(name: str, archive: tuple[str, bytes], spec: embed.ModelSpec, *,
         return _run_job(name, items, spec, overwrite, progress, home)
 
 
+@_user_facing
 def import_npy(name: str, image_npy: tuple[str, bytes], text_npy: tuple[str, bytes],
                captions: Optional[tuple[str, bytes]] = None, *,
                limits: UploadLimits = UploadLimits(), overwrite: bool = False,

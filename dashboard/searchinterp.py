@@ -10,10 +10,10 @@ import numpy as np
 import streamlit as st
 
 from clipgeom import geometry, interpolate, search, store, upload
-from clipgeom._chunks import column_mean
+from clipgeom._chunks import column_mean, row_chunks
 
 from . import lossconf
-from .data import Loaded
+from .data import SYNTHETIC, Loaded
 
 # The paper's blur-experiment centre (Fig. 7 bottom) before scaling.
 BLUR_DIRECTION = (10.0, 5.0, 5.0)
@@ -51,17 +51,57 @@ def modality_mean(fingerprint: str, _loaded: Loaded, modality: str) -> np.ndarra
     return column_mean(_loaded.image if modality == "image" else _loaded.text)
 
 
+def _paired(fingerprint: str, _loaded: Loaded, modality: str, rows) -> list[int]:
+    """The rows of the other modality linked to ``rows`` of ``modality``: every
+    caption of those images (or the image of those captions) in a stored
+    dataset; the pairing for the in-memory generator."""
+    rows = np.asarray(list(rows), dtype=np.int64)
+    if _loaded.name != SYNTHETIC:
+        images, texts = lossconf.tables(fingerprint, _loaded.name)
+        if modality == "image":
+            ids = set(images["image_id"].iloc[rows])
+            return np.flatnonzero(texts["image_id"].isin(ids).to_numpy()).tolist()
+        ids = set(texts["image_id"].iloc[rows].dropna())
+        return np.flatnonzero(images["image_id"].isin(ids).to_numpy()).tolist()
+    src, dst = ((_loaded.pair_image_rows, _loaded.pair_text_rows) if modality == "image"
+                else (_loaded.pair_text_rows, _loaded.pair_image_rows))
+    hit = np.isin(np.asarray(src), rows)
+    return sorted({int(d) for d in np.asarray(dst)[hit]})
+
+
 @st.cache_data(show_spinner="interpolating…", max_entries=32)
 def paths(fingerprint: str, _loaded: Loaded, modality: str, row_a: int, row_b: int,
-          alpha: float, steps: int) -> dict:
+          alpha: float, steps: int, leave_out_ends: bool = True) -> dict:
     """interpolate.compare_paths between two rows of one modality, with the
-    nearest image and caption at every point."""
+    nearest image and caption at every point (Sec. 7.2, Fig. 12).
+
+    ``leave_out_ends``: the two endpoints, and the items paired with them,
+    are left out of the nearest-item search, so the galleries show what lies
+    along the path instead of the endpoints again."""
     x = _loaded.image if modality == "image" else _loaded.text
     a = np.asarray(x[row_a], dtype=np.float64)
     b = np.asarray(x[row_b], dtype=np.float64)
-    return interpolate.compare_paths(a, b, modality_mean(fingerprint, _loaded, modality),
-                                     np.linspace(0.0, 1.0, steps), alpha,
-                                     {"image": _loaded.image, "text": _loaded.text})
+    other = "text" if modality == "image" else "image"
+    ends = [row_a, row_b]
+    exclude = ({modality: ends, other: _paired(fingerprint, _loaded, modality, ends)}
+               if leave_out_ends else None)
+    out = interpolate.compare_paths(a, b, modality_mean(fingerprint, _loaded, modality),
+                                    np.linspace(0.0, 1.0, steps), alpha,
+                                    {"image": _loaded.image, "text": _loaded.text},
+                                    exclude=exclude)
+    out["shell_radius"] = shell_radius(fingerprint, _loaded, modality)
+    return out
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def shell_radius(fingerprint: str, _loaded: Loaded, modality: str) -> float:
+    """Mean ||v - m|| of the modality: the shell radius (Double-Ellipsoid Eq. 1-4)."""
+    x = _loaded.image if modality == "image" else _loaded.text
+    m = modality_mean(fingerprint, _loaded, modality)
+    total = 0.0
+    for sl in row_chunks(x.shape[0]):
+        total += float(np.linalg.norm(np.asarray(x[sl], dtype=np.float64) - m, axis=1).sum())
+    return total / max(1, x.shape[0])
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

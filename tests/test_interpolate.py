@@ -118,3 +118,62 @@ def test_compare_paths_endpoints_and_shell(rng):
     r = np.linalg.norm(res["vslerp"]["points"] - mm, axis=1)
     lo, hi = sorted([np.linalg.norm(a - mm), np.linalg.norm(b - mm)])
     assert (r >= lo - 1e-9).all() and (r <= hi + 1e-9).all()
+
+
+def test_nearest_cosine_leaves_out_excluded_rows(rng):
+    """Excluded rows never match (brute force with those columns masked), in any
+    chunk; when every row is excluded the result says so (row -1)."""
+    from clipgeom.interpolate import nearest_cosine
+
+    x = rng.standard_normal((200, 5))
+    q = x[[3, 150]] + 1e-3                         # each query sits on a row...
+    rows, _ = nearest_cosine(q, x, 1)
+    assert rows[:, 0].tolist() == [3, 150]
+    rows, cos = nearest_cosine(q, x, 2, chunk=32, exclude=[3, 150, 151])
+    full = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (
+        x / np.linalg.norm(x, axis=1, keepdims=True)).T
+    full[:, [3, 150, 151]] = -np.inf
+    want = np.argsort(-full, axis=1, kind="stable")[:, :2]
+    assert (rows == want).all()
+    assert not np.isin(rows, [3, 150, 151]).any()
+    rows, cos = nearest_cosine(x[:1], x[:2], 1, exclude=[0, 1])
+    assert rows[0, 0] == -1 and np.isneginf(cos[0, 0])
+
+
+def test_repeats_marks_consecutive_duplicates_only():
+    from clipgeom.interpolate import repeats
+
+    assert repeats([4, 4, 7, 4, 4, 4, 9]).tolist() == [False, True, False, False, True,
+                                                       True, False]
+    assert repeats([]).tolist() == []
+
+
+def test_compare_paths_excludes_endpoints_and_measures_distance_to_mean(rng):
+    """With the endpoints left out, no point of either path reports them as its
+    nearest item (without, both ends do); ||x - m|| is the brute-force distance,
+    and on a sphere around m vSLERP (alpha = 1) keeps it at the radius while
+    SLERP dips inside (Sec. 7.2)."""
+    from clipgeom.interpolate import compare_paths
+
+    m = np.r_[10.0, np.zeros(7)]
+    d = rng.standard_normal((400, 8))
+    x = m + 2.0 * d / np.linalg.norm(d, axis=1, keepdims=True)     # shell of radius 2
+    a, b = x[0], x[1]
+    th = np.linspace(0, 1, 7)
+    plain = compare_paths(a, b, m, th, 1.0, {"image": x})
+    assert plain["slerp"]["nearest_image"][0] == 0 and plain["slerp"]["nearest_image"][-1] == 1
+    res = compare_paths(a, b, m, th, 1.0, {"image": x}, exclude={"image": [0, 1]})
+    for key in ("slerp", "vslerp"):
+        near = res[key]["nearest_image"]
+        assert not np.isin(near, [0, 1]).any()
+        p = res[key]["points"]
+        u = p / np.linalg.norm(p, axis=1, keepdims=True)
+        cos = u @ (x / np.linalg.norm(x, axis=1, keepdims=True)).T
+        cos[:, [0, 1]] = -np.inf
+        assert (near == cos.argmax(1)).all()
+        np.testing.assert_allclose(res[key]["dist_to_mean"], np.linalg.norm(p - m, axis=1),
+                                   rtol=1e-12)
+        assert res[key]["nearest_image_repeat"].tolist() == \
+            [False] + [bool(near[i] == near[i - 1]) for i in range(1, len(near))]
+    np.testing.assert_allclose(res["vslerp"]["dist_to_mean"], 2.0, rtol=1e-9)
+    assert res["slerp"]["dist_to_mean"][3] < 2.0 - 1e-3

@@ -120,3 +120,81 @@ def test_timeline_page_without_snapshots(clipgeom_home):
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     assert not at.exception and not at.error
     assert any("no training snapshots" in i.value for i in at.info)
+
+
+# ---- colours, selection hooks, isolated sections, small data, every control ----------
+
+import tiny20_helpers as t20  # noqa: E402
+
+BLUE, RED = "#1f77b4", "#d62728"
+
+
+def test_timeline_colours_and_customdata(clipgeom_home, rng):
+    """Image series blue, text series red, every other series in neither; the
+    item scatters carry each point's row (pair index) in customdata."""
+    snaps = _snapshots(rng)
+    _dataset(snaps)
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["dataset"] = "snappy"
+    at.run()
+    assert not at.exception and not at.error
+    summary, svd, norms, sep, conf = figures(at)
+    for tr in summary["data"]:
+        colour = tr["line"]["color"]
+        if tr["name"].startswith("image"):
+            assert colour == BLUE, tr["name"]
+        elif tr["name"].startswith("text"):
+            assert colour == RED, tr["name"]
+        else:
+            assert colour not in (BLUE, RED), tr["name"]
+    points = {tr["name"]: tr for tr in svd["data"] if tr.get("mode") == "markers"}
+    assert points["image"]["marker"]["color"] == BLUE
+    assert points["text"]["marker"]["color"] == RED
+    for tr in points.values():
+        assert arr(tr["customdata"]).astype(int).tolist() == list(range(120))
+    for fig in (norms, conf):
+        cols = {tr["name"]: tr["marker"]["color"] for tr in fig["data"]}
+        assert cols == {"image": BLUE, "text": RED}
+    assert sep["data"][0]["line"]["color"] not in (BLUE, RED)
+
+
+def test_a_broken_snapshot_fails_only_its_section(clipgeom_home, rng):
+    """Step 0's arrays disagree in shape: the across-training section shows the
+    error, the one-step section (at step 50) still draws its four figures."""
+    snaps = _snapshots(rng)
+    snaps[0] = (snaps[0][0], snaps[0][1][:10])
+    _dataset(snaps, "halfbad")
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["dataset"] = "halfbad"
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1 and "Across training" in at.error[0].value
+    assert "shapes" in at.error[0].value
+    assert len(figures(at)) == 4
+
+
+def test_timeline_every_control_on_20_pairs(clipgeom_home):
+    t20.make_tiny20()
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["dataset"] = "tiny20"
+    at.run()
+    assert len(figures(at)) == 5
+    assert any("Only 20 snapshot pairs" in c.value for c in at.caption)
+    keys = t20.change_every_control(at)
+    assert "timeline_step" in keys
+    # captions in hover text are escaped, not markup
+    at.run()
+    svd = [f for f in figures(at) if any(tr.get("name") == "text" and tr.get("mode") ==
+                                         "markers" for tr in f["data"])][0]
+    text = [tr for tr in svd["data"] if tr.get("name") == "text"][0]["text"][0]
+    assert text.startswith("text of pair 0: ") and t20.MARKUP in text
+
+
+@pytest.mark.skipif(not (ROOT / "assets" / "demo" / "manifest.json").exists(),
+                    reason="the bundled demo is not built")
+def test_timeline_every_control_on_the_demo(bundled_home):
+    at = AppTest.from_file(PAGE, default_timeout=300).run()
+    assert at.session_state["dataset"] == "demo"
+    assert len(figures(at)) == 5
+    keys = t20.change_every_control(at)
+    assert "timeline_step" in keys

@@ -8,11 +8,15 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from clipgeom import embed, store, upload
-from clipgeom.errors import InputError
+import tiny20_helpers as t20
+from clipgeom import embed, sample_zip, store, upload
+from clipgeom.errors import DatasetError, InputError
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "pages" / "8_Upload.py")
+HAS_DEMO_MODEL = (ROOT / "assets" / "demo-model" / "demo-clip.pt").exists()
+HAS_DEMO = (ROOT / "assets" / "demo" / "manifest.json").exists()
+ZIP_KIND = "One zip (images + captions.csv)"
 
 
 def _files(folder: Path):
@@ -164,9 +168,213 @@ def test_upload_page_reports_the_new_dataset_and_its_skipped_files(clipgeom_home
     upload.embed_images("fresh", _files(root), ("captions.csv", caps.read_bytes()),
                         _spec(tiny_model_config))
     at = AppTest.from_file(PAGE, default_timeout=60)
-    at.session_state["upload_done"] = "fresh"          # what a finished upload leaves
+    at.session_state["upload_result"] = {"ok": "fresh"}   # what a finished upload leaves
     at.run()
     assert not at.exception and not at.error
     assert any("Created dataset 'fresh': 12 images, 13 captions" in s.value for s in at.success)
     skipped = at.dataframe[0].value
     assert any("broken.png" in item for item in skipped["item"])
+    # the manifest records the staging path; the page shows the user's file name only
+    stored = store.open_dataset("fresh").manifest["skipped"]
+    assert any("uploads" in s["reason"] for s in stored)
+    for col in ("item", "reason"):
+        for cell in skipped[col]:
+            assert "uploads" not in cell and str(clipgeom_home) not in cell, cell
+    assert any(r.startswith("broken.png: ") for r in skipped["reason"])
+
+
+# ---- the sample zip, "every image failed", server paths, per-attempt state, deletion ----
+
+def _zip(files: dict) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _submit(at):
+    [go] = [b for b in at.button if b.label == "Create dataset"]
+    return go.click().run()
+
+
+def _upload_zip(at, name, data, filename="set.zip", overwrite=False):
+    at.radio(key="upload_kind").set_value(ZIP_KIND).run()
+    at.text_input(key="upload_name").set_value(name)
+    at.checkbox(key="upload_overwrite").set_value(overwrite)
+    at.file_uploader(key="upload_zip").set_value((filename, data, "application/zip"))
+    return _submit(at)
+
+
+def test_sample_zip_is_deterministic_and_its_captions_describe_its_images():
+    import csv
+    from PIL import Image
+
+    first = sample_zip.sample_zip.__wrapped__()
+    assert first == sample_zip.sample_zip.__wrapped__() == sample_zip.sample_zip()
+    zf = zipfile.ZipFile(io.BytesIO(first))
+    names = zf.namelist()
+    assert names[-1] == "clipgeom-sample/captions.csv"
+    pngs = [n for n in names if n.endswith(".png")]
+    assert len(pngs) == 8 and len(names) == 9
+    rows = list(csv.DictReader(io.StringIO(zf.read(names[-1]).decode())))
+    assert len(rows) == 16
+    rgb = {"red": (220, 30, 30), "blue": (30, 70, 220), "green": (30, 160, 60),
+           "yellow": (235, 200, 20), "purple": (130, 40, 170), "orange": (245, 130, 20)}
+    corner = {"top left": (0.3, 0.3), "top right": (0.7, 0.3), "bottom left": (0.3, 0.7),
+              "bottom right": (0.7, 0.7), "centre": (0.5, 0.5)}
+    for row in rows:
+        assert "clipgeom-sample/" + row["image"] in pngs
+        img = Image.open(io.BytesIO(zf.read("clipgeom-sample/" + row["image"]))).convert("RGB")
+        colour = next(c for c in rgb if f" {c} " in f" {row['caption']} ")
+        if " at the " in row["caption"]:          # the shape's colour where it is said to be
+            fx, fy = corner[row["caption"].split(" at the ")[1]]
+            px = img.getpixel((int(fx * img.width), int(fy * img.height)))
+            assert px == rgb[colour], (row, px)
+        assert img.getpixel((img.width // 2 if "centre" not in row["caption"] else 0, 0)) \
+            == (255, 255, 255)                   # a white background
+
+
+@pytest.mark.skipif(not HAS_DEMO_MODEL, reason="the demo model is not built")
+def test_sample_zip_uploads_through_the_page(bundled_home):
+    """The offered sample goes through the page's own path (form, zip, demo model)
+    and becomes an 8-image, 16-caption dataset with nothing skipped."""
+    import time
+
+    at = AppTest.from_file(PAGE, default_timeout=300).run()
+    [dl] = [b for b in at.get("download_button") if b.proto.label == "Sample zip"]
+    t0 = time.monotonic()
+    _upload_zip(at, "sample", sample_zip.sample_zip(), sample_zip.FILE_NAME)
+    took = time.monotonic() - t0
+    print(f"sample zip through the page: {took:.1f} s")
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("Created dataset 'sample': 8 images, 16 captions, 64 dimensions, 8 pairs"
+               in s.value for s in at.success)
+    assert any("No file was skipped" in c.value for c in at.caption)
+    assert at.session_state["dataset"] == "sample"
+    ds = store.open_dataset("sample")
+    assert not ds.manifest["skipped"]
+    assert sorted(ds.texts["caption"])[:1] == ["a blue circle at the centre"]
+
+
+def test_every_image_failed_names_the_files_not_the_server(clipgeom_home, tiny_model_config):
+    data = _zip({"set/bad0.png": b"not a png", "set/bad1.png": b"\x89PNG\r\n\x1a\n nope",
+                 "set/bad2.jpg": b"", "set/bad3.png": b"x",
+                 "set/captions.csv": "image,caption\nbad0.png,a\nbad1.png,b\nbad2.jpg,c\n"
+                                     "bad3.png,d\n"})
+    with pytest.raises(InputError) as err:
+        upload.embed_zip("broken", ("my set.zip", data), _spec(tiny_model_config))
+    msg = str(err.value)
+    assert "every image failed" in msg and "needs at least" not in msg
+    assert "set/bad0.png: not an image" in msg and "set/bad1.png" in msg
+    assert "(and 2 more)" in msg
+    assert "uploads" not in msg and str(clipgeom_home) not in msg
+    assert store.list_datasets() == []
+
+
+def test_user_message_cuts_staging_paths(clipgeom_home):
+    st_root = clipgeom_home / "uploads" / "upload-ab12cd_9"
+    assert upload.user_message(f"{st_root}/images/my photo.png: bad") == "my photo.png: bad"
+    assert upload.user_message(f"'{st_root}/extracted/set-x1y2z3w4/set/a.png': x") == \
+        "'set/a.png': x"
+    assert upload.user_message(f"{st_root}/my set.zip: not a zip") == "my set.zip: not a zip"
+    assert upload.user_message("/elsewhere/uploads/upload-zz/text/t.npy: NaN") == "t.npy: NaN"
+    assert upload.user_message("plain reason") == "plain reason"
+
+
+@pytest.mark.skipif(not HAS_DEMO_MODEL, reason="the demo model is not built")
+def test_each_attempt_replaces_the_previous_result(bundled_home, monkeypatch):
+    """A success with skipped files, then a failing attempt: only the failure is
+    shown (no success, no skipped table, no progress bar), also on later reruns;
+    an unexpected exception is an error box, not a traceback; every-image-failed
+    says so and names the user's files."""
+    good = dict(zip([f"set/{n}" for n, _ in sample_zip.sample_files()],
+                    [b for _, b in sample_zip.sample_files()]))
+    good["set/broken.png"] = b"not an image"
+    at = AppTest.from_file(PAGE, default_timeout=300).run()
+    _upload_zip(at, "first", _zip(good))
+    assert any("Created dataset 'first'" in s.value for s in at.success)
+    assert len(at.dataframe) == 1                                  # the skipped table
+    assert any("broken.png" in r for r in at.dataframe[0].value["reason"])
+    # every image fails
+    bad = {"set/bad0.png": b"nope", "set/bad1.png": b"nope",
+           "set/captions.csv": b"image,caption\nbad0.png,a\nbad1.png,b\n"}
+    _upload_zip(at, "second", _zip(bad))
+    assert not at.exception
+    assert not at.success and not at.dataframe and not at.get("progress")
+    [err] = at.error
+    shown = err.value.replace("\\", "")           # the text once markdown escapes render
+    assert "every image failed" in shown and "set/bad0.png: not an image" in shown
+    assert "uploads" not in shown and "needs at least" not in shown
+    at.radio(key="upload_model").set_value("open_clip model").run()   # any later rerun
+    assert not at.success and not at.dataframe
+    # an unexpected failure inside the pipeline
+    def boom(*a, **k):
+        raise RuntimeError("CUDA exploded")
+    monkeypatch.setattr(upload, "embed_zip", boom)
+    at.radio(key="upload_model").set_value("demo model (bundled, offline)").run()
+    _upload_zip(at, "third", _zip(good))
+    assert not at.exception
+    assert not at.success and not at.get("progress")
+    [err] = at.error
+    assert "CUDA exploded" in err.value and "RuntimeError" in err.value
+    assert "first" in [d["name"] for d in store.list_datasets()]
+
+
+@pytest.mark.skipif(not HAS_DEMO, reason="the bundled demo is not built")
+def test_delete_own_dataset_with_confirmation(bundled_home):
+    """Only the user's datasets are offered; the button needs the confirmation;
+    after deletion neither picker lists it and the selection falls back to the demo."""
+    t20.make_tiny20()
+    t20.make_tiny20("other", snapshots=False)
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["dataset"] = "tiny20"
+    at.run()
+    assert not at.exception and not at.error
+    pick = at.selectbox(key="delete_pick")
+    assert list(pick.options) == ["other", "tiny20"]               # never the bundled demo
+    assert at.button(key="delete_go").disabled
+    pick.select("tiny20").run()
+    assert at.button(key="delete_go").disabled                    # still unconfirmed
+    assert "tiny20" in upload.user_datasets()
+    at.checkbox(key="delete_confirm").check().run()
+    assert not at.button(key="delete_go").disabled
+    at.button(key="delete_go").click().run()
+    assert not at.exception and not at.error
+    assert "tiny20" not in upload.user_datasets()
+    assert any("Deleted dataset 'tiny20'" in s.value for s in at.success)
+    assert at.session_state["dataset"] == "demo"
+    assert "tiny20" not in at.selectbox(key="dataset_select").options
+    assert list(at.selectbox(key="delete_pick").options) == ["other"]
+    assert not at.checkbox(key="delete_confirm").value
+    with pytest.raises(DatasetError, match="bundled"):
+        upload.delete_user_dataset("demo")
+
+
+def _upload_controls(at):
+    keys = t20.change_every_control(at, texts={"upload_name": "x"})
+    assert {"upload_kind", "upload_overwrite", "upload_name"} <= set(keys)
+    # the last kind (precomputed arrays) hides the model choice: go back for it
+    at.radio(key="upload_kind").set_value("Images + captions file").run()
+    keys += t20.change_every_control(at, skip=("dataset_select", *keys),
+                                     texts={"upload_arch": "RN50", "upload_tag": "openai"})
+    assert "upload_arch" in keys or not HAS_DEMO_MODEL
+    return keys
+
+
+def test_upload_page_every_control_with_a_20_pair_dataset(clipgeom_home):
+    t20.make_tiny20()
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["dataset"] = "tiny20"
+    at.run()
+    keys = _upload_controls(at)
+    assert "delete_confirm" in keys
+    assert "tiny20" in upload.user_datasets()          # changing controls deletes nothing
+
+
+@pytest.mark.skipif(not HAS_DEMO, reason="the bundled demo is not built")
+def test_upload_page_every_control_on_the_demo(bundled_home):
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    assert at.session_state["dataset"] == "demo"
+    keys = _upload_controls(at)
+    assert "upload_model" in keys
