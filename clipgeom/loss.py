@@ -338,3 +338,32 @@ def alpha_sweep(image, text, alphas=None, modality: Modality = "image",
                       loss_misclassified=col("loss_misclassified"),
                       accuracy_i2t=col("accuracy_i2t"), accuracy_t2i=col("accuracy_t2i"),
                       temperature=temperature)
+
+
+_SWEEP_ARRAYS = ("total", "alignment", "uniformity", "loss_correct", "loss_misclassified",
+                 "accuracy_i2t", "accuracy_t2i")
+
+
+def merge_alpha_sweeps(parts: Sequence[AlphaSweep]) -> AlphaSweep:
+    """One :class:`AlphaSweep` (Eq. 9, 14, 15; Fig. 6) from sweeps over parts of
+    an alpha grid, ordered by alpha.
+
+    Each alpha's loss depends only on that alpha, so a grid swept in pieces
+    (a coarse pass first, refined after) equals the grid swept at once. The
+    parts must share modality and temperature; an alpha present in several
+    parts is kept once (its first occurrence).
+    """
+    if not parts:
+        raise InputError("no alpha sweeps to merge.")
+    first = parts[0]
+    for p in parts[1:]:
+        if p.modality != first.modality or p.temperature != first.temperature:
+            raise InputError("alpha sweeps of different modalities or temperatures "
+                             "cannot be merged.")
+    alpha = np.concatenate([np.asarray(p.alpha, np.float64) for p in parts])
+    cols = {f: np.concatenate([np.asarray(getattr(p, f), np.float64) for p in parts])
+            for f in _SWEEP_ARRAYS}
+    _, keep = np.unique(alpha, return_index=True)     # first occurrences, by alpha
+    return AlphaSweep(modality=first.modality, alpha=alpha[keep],
+                      temperature=first.temperature,
+                      **{f: v[keep] for f, v in cols.items()})

@@ -2,20 +2,44 @@
 
 Every function is a thin, cached call into clipgeom (``st.cache_data`` keyed
 by the dataset fingerprint + parameters; the Loaded arrays travel as an
-unhashed ``_loaded`` argument). Pages draw what these return.
+unhashed ``_loaded`` argument). Pages draw what these return; nothing here
+draws (no st.* element, no progress bar): a page shows progress between
+calls, e.g. between the batches of :func:`sweep_batches`.
+
+Speed of the alpha page:
+- the dataset's stored report (``clipgeom.report.stored_report``; the demo
+  ships its own) already holds the alpha sweeps of image, text and both at
+  the model's own tau on the report's default grid: :func:`stored_results`
+  reads them (never computes a report);
+- any other sweep is computed in batches, a coarse subset of the grid first
+  (:func:`sweep_batches`), each batch cached, so a page can draw the coarse
+  curve at once and refine it;
+- the loss kernel runs with one torch thread (:func:`one_thread`): on a
+  2-core machine busy with other work, two OpenMP threads made the kernel
+  5-20x slower (3,000 pairs, 16 alphas: 4-5 s on two threads, 0.5-1 s on one).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import threading
+
 import numpy as np
 import streamlit as st
+import torch
 
-from clipgeom import conformity, embed, loss, search, store, upload
+from clipgeom import conformity, embed, loss, report, search, store, upload
 
-from .data import Loaded
+from .data import SYNTHETIC, Loaded
 
 SEED = 0
-DEFAULT_MAX_PAIRS = 5000
+DEFAULT_MAX_PAIRS = report.DEFAULT_MAX_PAIRS
+DEFAULT_BINS = 50
+MAX_ALPHAS = 201            # more values of alpha than this: ask for a larger step
+COARSE_VALUES = 5           # the first pass of a progressive sweep
+REFINE_BATCH = 8            # values of alpha per later pass
+MIN_CONFORMITY_ROWS = 3     # conformity.fit_conformity needs 3 rows per modality
 
 
 # ---------------------------------------------------------------- selection
@@ -27,8 +51,18 @@ def alpha_grid(lo: float, hi: float, step: float) -> tuple[float, ...]:
     return tuple(float(round(lo + k * step, 10)) for k in range(n))
 
 
+def default_bins(n_items: int, default: int = DEFAULT_BINS) -> int:
+    """Histogram bins for ``n_items`` values: the default, never more bins than items."""
+    return int(max(1, min(default, n_items)))
+
+
 def has_pairs(loaded: Loaded) -> bool:
     return len(loaded.pair_image_rows) >= 2
+
+
+def pairs_used(loaded: Loaded, max_pairs: int) -> int:
+    """How many pairs the loss uses: all of them up to ``max_pairs``."""
+    return int(min(int(max_pairs), len(loaded.pair_image_rows)))
 
 
 def paired_sample(loaded: Loaded, max_pairs: int, seed: int = SEED):
@@ -49,40 +83,213 @@ def scatter_sample(n: int, limit: int, seed: int = SEED) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
 
 
+def min_on_edge(alpha, values) -> bool:
+    """True when the smallest finite value sits on the first or last alpha of the
+    grid: the true minimum may lie outside the range (the page says so)."""
+    v = np.asarray(values, np.float64)
+    if v.size < 2 or not np.any(np.isfinite(v)):
+        return False
+    k = int(np.nanargmin(v))
+    return k in (0, v.size - 1)
+
+
+# ---------------------------------------------------------------- threads
+_threads_lock = threading.Lock()
+_threads_depth = 0
+_threads_saved = 1
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch work with one intra-op thread (restored after; nesting and
+    concurrent sessions share one counter). The loss kernel works on row chunks
+    of a few hundred thousand floats; with two OpenMP threads on a 2-core
+    machine that is also serving other work, every operation waits for the
+    other core and the sweep runs 10-20x slower than on one thread."""
+    global _threads_depth, _threads_saved
+    with _threads_lock:
+        if _threads_depth == 0:
+            _threads_saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _threads_depth += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_depth -= 1
+            if _threads_depth == 0:
+                torch.set_num_threads(_threads_saved)
+
+
+# ---------------------------------------------------------------- stored report
+@st.cache_data(show_spinner=False, max_entries=16)
+def _read_report(path: str, mtime_ns: int) -> dict | None:
+    """The parts of a stored report this page uses (re-read when the file changes)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            rep = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rep, dict):
+        return None
+    return {k: rep.get(k) for k in ("temperature", "loss", "logits", "alpha_sweep",
+                                    "conformity_kl")}
+
+
+def stored_results(loaded: Loaded, temperature: float, max_pairs: int) -> dict | None:
+    """The dataset's stored report when one exists for these parameters, else None.
+
+    Never computes a report. The report runs the loss on a seeded sample of
+    ``report.DEFAULT_MAX_PAIRS`` pairs (seed 0, as :func:`paired_sample`), so
+    it matches when both use the same number of pairs and the same tau.
+    """
+    if loaded.name == SYNTHETIC or not has_pairs(loaded):
+        return None
+    n_used = pairs_used(loaded, max_pairs)
+    if pairs_used(loaded, report.DEFAULT_MAX_PAIRS) != n_used:
+        return None
+    try:
+        ds = store.open_dataset(loaded.name)
+        if ds.fingerprint != loaded.fingerprint:
+            return None
+        # report._cache_name is report.stored_report's own file naming.
+        name = report._cache_name(ds, {"temperature": float(temperature),
+                                       "max_pairs": int(report.DEFAULT_MAX_PAIRS),
+                                       "seed": SEED})
+        folders = [ds.shipped_dir("cache"), ds.cache_dir]
+    except Exception:                       # no readable cache: compute instead
+        return None
+    for folder in folders:
+        path = folder / name if folder is not None else None
+        if path is None or not path.is_file():
+            continue
+        rep = _read_report(str(path), path.stat().st_mtime_ns)
+        try:
+            ok = (rep is not None and abs(float(rep["temperature"]) - float(temperature)) < 1e-12
+                  and int(rep["loss"]["n_pairs_used"]) == n_used)
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if ok:
+            return rep
+    return None
+
+
+def _floats(values) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def sweep_from_report(rep: dict | None, modality: str, alphas) -> loss.AlphaSweep | None:
+    """The report's alpha sweep of ``modality`` when it covers exactly ``alphas``.
+
+    The report does not keep text->image accuracy per alpha: it is NaN here.
+    """
+    try:
+        d = rep["alpha_sweep"][modality]
+        a = _floats(d["alpha"])
+        want = np.asarray(alphas, np.float64)
+        if a.shape != want.shape or not np.allclose(a, want, atol=1e-9):
+            return None
+        return loss.AlphaSweep(
+            modality=modality, alpha=want, total=_floats(d["total"]),
+            alignment=_floats(d["alignment"]), uniformity=_floats(d["uniformity"]),
+            loss_correct=_floats(d["loss_correct"]),
+            loss_misclassified=_floats(d["loss_misclassified"]),
+            accuracy_i2t=_floats(d["accuracy_i2t"]),
+            accuracy_t2i=np.full(want.shape, np.nan),
+            temperature=float(rep["temperature"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 # ---------------------------------------------------------------- loss page
-@st.cache_data(show_spinner=False, max_entries=32)
+def sweep_batches(alphas, coarse: int = COARSE_VALUES,
+                  batch: int = REFINE_BATCH) -> list[tuple[float, ...]]:
+    """The grid split into passes: first a coarse subset spread over the whole
+    range (both ends included), then the remaining values in batches. Every
+    value appears exactly once; a short grid is one pass."""
+    a = [float(x) for x in alphas]
+    if len(a) <= coarse + 1:
+        return [tuple(a)]
+    first = sorted(set(np.round(np.linspace(0, len(a) - 1, coarse)).astype(int).tolist()))
+    rest = [k for k in range(len(a)) if k not in first]
+    out = [tuple(a[k] for k in first)]
+    for s in range(0, len(rest), batch):
+        out.append(tuple(a[k] for k in rest[s:s + batch]))
+    return out
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def alpha_sweep_part(fingerprint: str, _loaded: Loaded, alphas: tuple, modality: str,
+                     temperature: float, n_pairs: int) -> loss.AlphaSweep:
+    """loss.alpha_sweep of some alphas on the seeded sample of ``n_pairs`` pairs
+    (Eq. 9, 14, 15; Fig. 6). Computes only: the page draws progress."""
+    vi, vt, _ = paired_sample(_loaded, n_pairs)
+    with one_thread():
+        return loss.alpha_sweep(vi, vt, np.asarray(alphas, float), modality, temperature)
+
+
+def merge(parts) -> loss.AlphaSweep:
+    """The passes of a progressive sweep as one sweep, ordered by alpha."""
+    return loss.merge_alpha_sweeps(parts)
+
+
 def alpha_sweep(fingerprint: str, _loaded: Loaded, alphas: tuple, modality: str,
                 temperature: float, max_pairs: int) -> loss.AlphaSweep:
-    """loss.alpha_sweep on the seeded pair sample (Eq. 9, 14, 15; Fig. 6)."""
-    vi, vt, _ = paired_sample(_loaded, max_pairs)
-    bar = st.progress(0.0, text=f"α sweep ({modality}) on {len(vi):,} pairs…")
-
-    def progress(done: int, total: int) -> None:
-        bar.progress(done / total, text=f"α sweep ({modality}): {done}/{total} values of α")
-
-    sw = loss.alpha_sweep(vi, vt, np.asarray(alphas, float), modality, temperature,
-                          progress=progress)
-    bar.empty()
-    return sw
+    """The whole sweep at once (stored report, else every pass of :func:`sweep_batches`)."""
+    sw = sweep_from_report(stored_results(_loaded, temperature, max_pairs), modality, alphas)
+    if sw is not None:
+        return sw
+    n = pairs_used(_loaded, max_pairs)
+    return merge([alpha_sweep_part(fingerprint, _loaded, b, modality, float(temperature), n)
+                  for b in sweep_batches(alphas)])
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def kl_sweep(fingerprint: str, _loaded: Loaded, alphas: tuple,
-             modality: str) -> conformity.ConformityKLSweep:
+def kl_sweep(fingerprint: str, _loaded: Loaded, alphas: tuple, modality: str,
+             bins: int = DEFAULT_BINS) -> conformity.ConformityKLSweep:
     """conformity.conformity_kl_sweep on the full image and text sets (Fig. 11)."""
     return conformity.conformity_kl_sweep(_loaded.image, _loaded.text,
-                                          np.asarray(alphas, float), modality=modality)
+                                          np.asarray(alphas, float), modality=modality,
+                                          bins=int(bins))
+
+
+LOGIT_FIELDS = ("total", "alignment", "uniformity", "accuracy_i2t", "accuracy_t2i")
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def logits(fingerprint: str, _loaded: Loaded, temperature: float,
-           max_pairs: int) -> dict:
-    """loss.logit_comparison (EuCLIP logits) on the seeded pair sample."""
-    vi, vt, _ = paired_sample(_loaded, max_pairs)
-    return loss.logit_comparison(vi, vt, temperature)
+def _logits(fingerprint: str, _loaded: Loaded, temperature: float, n_pairs: int) -> dict:
+    vi, vt, _ = paired_sample(_loaded, n_pairs)
+    with one_thread():
+        res = loss.logit_comparison(vi, vt, temperature)
+    return {k: {f: float(getattr(r, f)) for f in LOGIT_FIELDS} for k, r in res.items()}
+
+
+def logits(fingerprint: str, _loaded: Loaded, temperature: float, max_pairs: int) -> dict:
+    """{logit kind: {total, alignment, uniformity, accuracy_i2t, accuracy_t2i}}
+    (EuCLIP logits, loss.logit_comparison) on the seeded pair sample; read from
+    the stored report when it has them."""
+    rep = stored_results(_loaded, temperature, max_pairs)
+    try:
+        got = {k: {f: float(v[f]) if v[f] is not None else float("nan")
+                   for f in LOGIT_FIELDS} for k, v in rep["logits"].items()}
+        if set(got) == set(loss.LOGIT_KINDS):
+            return got
+    except (KeyError, TypeError, ValueError, AttributeError):
+        pass
+    return _logits(fingerprint, _loaded, float(temperature), pairs_used(_loaded, max_pairs))
 
 
 # ---------------------------------------------------------------- conformity page
+def conformity_note(loaded: Loaded) -> str | None:
+    """Why conformity cannot be fitted on this dataset (too few rows), or None."""
+    n = min(loaded.image.shape[0], loaded.text.shape[0])
+    if n < MIN_CONFORMITY_ROWS:
+        return (f"Conformity fits need at least {MIN_CONFORMITY_ROWS} images and "
+                f"{MIN_CONFORMITY_ROWS} captions; this dataset has "
+                f"{loaded.image.shape[0]} and {loaded.text.shape[0]}.")
+    return None
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def fits(fingerprint: str, _loaded: Loaded) -> dict:
     """{"image": ConformityFit, "text": ConformityFit} (Def. 1-2, Prop. 1; Fig. 9)."""
@@ -139,7 +346,12 @@ def frequency(fingerprint: str, _loaded: Loaded, name: str) -> dict | None:
         return None
     freq = images["concept_frequency"].to_numpy(dtype=np.float64)
     exact = fits(fingerprint, _loaded)["image"].exact
-    return {"frequency": freq, "conformity": exact,
+    n_known = int(np.sum(np.isfinite(freq) & np.isfinite(exact)))
+    if n_known < 3:                     # Spearman needs 3 items: a note, not an error
+        return {"frequency": freq, "conformity": exact, "n": n_known, "rho": None,
+                "note": f"only {n_known} image(s) have a known concept frequency; the "
+                        "rank correlation needs at least 3."}
+    return {"frequency": freq, "conformity": exact, "note": None,
             **conformity.frequency_correlation(exact, freq)}
 
 

@@ -43,6 +43,31 @@ def separability(fingerprint: str, _loaded: data.Loaded, k_offset: int = 10) -> 
     }
 
 
+def bins_range(n_items: int, *, lo: int = 10, hi: int = 200, default: int = 50,
+               step: int = 10) -> tuple[int, int, int, int]:
+    """(min, max, default, step) of a histogram-bins slider for ``n_items`` values:
+    never more bins than items (a 20-pair dataset gets at most 20 bins)."""
+    top = int(max(2, min(hi, n_items)))
+    bottom = int(min(lo, max(1, top // 2)))
+    st_ = int(step if (top - bottom) >= 2 * step and (top - bottom) % step == 0 else 1)
+    return bottom, top, int(min(max(default, bottom), top)), st_
+
+
+def clamp_state(key: str, lo, hi) -> None:
+    """Keep a slider's remembered value inside its current range (the range
+    follows the dataset's size, so another dataset's choice may fall outside)."""
+    v = st.session_state.get(key)
+    if isinstance(v, (int, float)) and not lo <= v <= hi:
+        st.session_state[key] = min(max(v, lo), hi)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def offsets(fingerprint: str, _loaded: data.Loaded, modality: str, k: int) -> list[dict]:
+    """The ``k`` features with the largest |mean| / std of one modality (Fig. 3)."""
+    si, stx = summaries(fingerprint, _loaded)
+    return geometry.offset_features(si if modality == "image" else stx, int(k))
+
+
 @st.cache_data(show_spinner=False, max_entries=256)
 def feature_hist(fingerprint: str, _loaded: data.Loaded, feature: int, bins: int):
     """Normalised image/text histograms of one feature and their KL."""
@@ -63,18 +88,26 @@ def scatter_points(fingerprint: str, _loaded: data.Loaded, features: tuple[int, 
 
 @st.cache_data(show_spinner="measuring the shells…", max_entries=8)
 def shell(fingerprint: str, _loaded: data.Loaded, bins: int = 60) -> dict:
-    """Thin shell (Eq. 1-4), variance spectrum and ODD (Eq. 6), offset."""
+    """Thin shell (Eq. 1-4), variance spectrum and ODD (Eq. 6), offset.
+
+    Never more bins than values: the norm histograms have one value per row,
+    the variance and ODD histograms one per feature (``feature_bins``).
+    """
     out = {}
     for name, s in zip(("image", "text"), summaries(fingerprint, _loaded)):
         odd = geometry.off_diagonal_dominance(s.cov)
         var = geometry.variance_spectrum(s)
+        finite_odd = odd[np.isfinite(odd)]
+        fbins = int(max(1, min(bins, var.size)))
         out[name] = {
             "shell": geometry.thin_shell(s),
-            "norm_hist": geometry.norm_histograms(s, bins),
+            "norm_hist": geometry.norm_histograms(s, int(max(1, min(bins, s.n)))),
             "variance": var,
-            "variance_hist": geometry.histogram(var, bins),
+            "variance_hist": geometry.histogram(var, fbins),
+            "feature_bins": fbins,
             "odd": odd,
-            "odd_hist": geometry.histogram(odd[np.isfinite(odd)], bins),
+            "odd_hist": geometry.histogram(finite_odd, int(max(1, min(fbins,
+                                                                    finite_odd.size)))),
             "mean_over_sigma": geometry.mean_over_sigma(s),
             "mean_norm": float(np.linalg.norm(s.mean)),
             "sigma_norm": float(np.linalg.norm(s.std)),
@@ -127,6 +160,42 @@ def thumbnails(_loaded: data.Loaded, rows: list[int]) -> list[str | None]:
         return [None] * len(rows)
     ds = store.open_dataset(_loaded.name)
     return [str(p) if (p := ds.thumb_path(r)) is not None else None for r in rows]
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def caption_extremes(fingerprint: str, _loaded: data.Loaded, which: str, k: int) -> dict:
+    """Distinct captions with the largest / smallest raw or centred norm (Fig. 14).
+
+    Many rows may share one caption (the demo world repeats "a shape"); they
+    have the same embedding, so ranking rows would fill a list with copies.
+    Captions are ranked by their most extreme row; returns {"largest": df,
+    "smallest": df}, columns rank, row (the most extreme row), norm, caption,
+    rows (how many rows carry that caption).
+    """
+    s = summaries(fingerprint, _loaded)[1]
+    norms = s.norms if which == "raw" else s.centered_norms
+    captions = item_labels(fingerprint, _loaded)["captions"]
+    return distinct_extremes(norms, captions, k)
+
+
+def distinct_extremes(norms, labels: list[str], k: int) -> dict[str, pd.DataFrame]:
+    """The ``k`` distinct labels whose most extreme row has the largest (smallest)
+    norm, with that row, its norm and how many rows share the label. Ties keep
+    row order."""
+    v = np.asarray(norms, dtype=np.float64).ravel()
+    df = pd.DataFrame({"row": np.arange(v.size), "norm": v,
+                       "caption": pd.Series(labels, dtype=object).astype(str).to_numpy()})
+    counts = df["caption"].value_counts()
+    out = {}
+    for end, ascending in (("largest", False), ("smallest", True)):
+        best = (df.sort_values(["norm", "row"], ascending=[ascending, True], kind="stable")
+                  .drop_duplicates("caption", keep="first").head(int(max(k, 0))))
+        out[end] = pd.DataFrame({"rank": np.arange(1, len(best) + 1),
+                                 "row": best["row"].to_numpy(),
+                                 "norm": best["norm"].to_numpy(),
+                                 "caption": best["caption"].to_numpy(),
+                                 "rows": counts.loc[best["caption"]].to_numpy()})
+    return out
 
 
 def extremes_table(items: list[dict], labels: list[str], label_name: str) -> pd.DataFrame:

@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from apptest_helpers import metrics
+from apptest_helpers import arr, figures, metrics
+from shapeloss_helpers import (MARKUP_CAPTIONS, SHARED_CAPTION, change_every_control, errors,
+                               markup_leaks, plain_texts, tiny_dataset, wrong_modality_colours)
 from clipgeom import geometry, store, synthetic
 from dashboard import data
 
@@ -185,9 +187,154 @@ def test_pages_on_a_stored_dataset_with_captions(stored):
     assert largest["row"].iloc[0] == 17
     assert largest["‖v‖"].iloc[0] == pytest.approx(np.linalg.norm(text[17].astype(float)),
                                                   rel=1e-6)
-    assert len(at.get("image")) == 2      # thumbnails of largest and smallest images
+    # thumbnails of the 8 largest and 8 smallest images, labelled in plain text
+    assert len(at.get("image")) == 16
+    assert any(t.startswith("photo_") for t in plain_texts(at))
     assert not any("No thumbnails" in c.value for c in at.caption)
     # by centred norm the table is recomputed
     at.radio(key="shell_extreme_kind").set_value("centred norm ‖v − m‖").run()
     assert not at.exception
     assert "‖v − m‖" in at.dataframe[0].value.columns
+
+
+# -------------------------------------------------------------- Fig. 14: distinct captions
+
+
+def test_distinct_extremes_rank_each_caption_once():
+    from dashboard import shape
+
+    norms = [5.0, 9.0, 9.0, 1.0, 7.0, 9.0, 0.5, 3.0]
+    labels = ["a", "dup", "dup", "b", "c", "dup", "d", "b"]
+    got = shape.distinct_extremes(norms, labels, 3)
+    # by hand: per label, its largest norm, the first row reaching it, and its count
+    assert got["largest"]["caption"].tolist() == ["dup", "c", "a"]
+    assert got["largest"]["row"].tolist() == [1, 4, 0]
+    assert got["largest"]["rows"].tolist() == [3, 1, 1]
+    assert got["largest"]["norm"].tolist() == [9.0, 7.0, 5.0]
+    assert got["smallest"]["caption"].tolist() == ["d", "b", "a"]
+    assert got["smallest"]["row"].tolist() == [6, 3, 0]
+    assert got["smallest"]["rows"].tolist() == [1, 2, 1]
+    assert len(shape.distinct_extremes(norms, labels, 50)["largest"]) == 5   # 5 distinct
+
+
+def test_fig14_shows_each_caption_once_with_its_count(clipgeom_home, tmp_path):
+    """The demo world repeats "a shape" with one large-norm embedding: the list
+    of largest-norm captions showed it 8 times. Each caption once, with a count."""
+    image, text, caps = tiny_dataset(tmp_path)
+    at = AppTest.from_file(SHELL_PAGE, default_timeout=180).run()
+    assert not at.exception and not errors(at)
+    tables = [t.value for t in at.dataframe if "caption" in t.value.columns]
+    assert len(tables) == 2
+    largest, smallest = tables
+    norms = np.linalg.norm(text.astype(np.float64), axis=1)
+    for df in (largest, smallest):
+        assert df["caption"].is_unique
+        assert df["rows with this caption"].sum() <= len(caps)
+    assert largest["caption"].iloc[0] == SHARED_CAPTION
+    assert largest["rows with this caption"].iloc[0] == 8
+    assert largest["‖v‖"].iloc[0] == pytest.approx(norms[-1], rel=1e-6)
+    # the rest follow by norm among the other (distinct) captions
+    others = sorted(((norms[k], caps[k]) for k in range(len(caps) - 8)), reverse=True)
+    assert largest["caption"].tolist()[1:] == [c for _, c in others[:len(largest) - 1]]
+    # user strings are data: in tables and plain text, never markdown
+    assert not markup_leaks(at, MARKUP_CAPTIONS + ["**src**"])
+
+
+# -------------------------------------------------------------- tiny data and every control
+
+
+def test_bins_range_never_exceeds_the_items():
+    from dashboard import shape
+
+    for n in (2, 3, 7, 20, 55, 3000):
+        lo, hi, default, step = shape.bins_range(n, lo=10, hi=200, default=50, step=10)
+        assert 1 <= lo < hi <= max(2, n) and hi <= 200
+        assert lo <= default <= hi
+        assert (hi - lo) % step == 0
+
+
+def _bars_per_trace(fig):
+    """Bins per histogram trace (bar traces over numbers; not the feature bar charts)."""
+    out = []
+    for tr in fig["data"]:
+        x = tr.get("x")
+        if tr["type"] == "bar" and not (isinstance(x, list) and x and isinstance(x[0], str)):
+            out.append(len(arr(x)))
+    return out
+
+
+@pytest.mark.parametrize("page", [SEP_PAGE, SHELL_PAGE], ids=["separability", "shell"])
+def test_pages_on_20_pairs_then_every_control(clipgeom_home, tmp_path, page):
+    tiny_dataset(tmp_path)                              # 20 pairs, d = 64
+    at = AppTest.from_file(page, default_timeout=180).run()
+    assert not at.exception, at.exception
+    assert not errors(at), errors(at)
+    assert any("Fewer items than features" in i.value for i in at.info)
+    figs = figures(at)
+    assert figs
+    for fig in figs:              # no histogram has more bins than the 20 items
+        assert all(n <= 20 for n in _bars_per_trace(fig))
+    assert not wrong_modality_colours(figs)
+    assert not markup_leaks(at, MARKUP_CAPTIONS + ["**src**"])
+    changed = change_every_control(at)
+    keys = {c.split(":", 1)[1] for c in changed}
+    want = ({"sep_features", "sep_bins", "sep_k_offset"} if page == SEP_PAGE else
+            {"shell_bins", "shell_feature_view", "shell_extreme_kind", "shell_extreme_k"})
+    assert want <= keys, keys
+
+
+def test_separability_offset_bars_follow_their_slider(clipgeom_home, tmp_path):
+    """The slider goes to 40 features; the bars stopped at 10."""
+    image, text, _ = tiny_dataset(tmp_path)
+    at = AppTest.from_file(SEP_PAGE, default_timeout=180).run()
+    at.slider(key="sep_k_offset").set_value(25).run()
+    assert not at.exception and not errors(at)
+    bars = [f for f in figures(at) if f["layout"].get("title", {}).get("text") ==
+            "image embeddings"][0]["data"][0]
+    x = np.asarray(image, np.float64)
+    ratio = np.abs(x.mean(0)) / x.std(0)
+    want = [f"f{f}" for f in np.argsort(-ratio, kind="stable")[:25]]
+    assert list(bars["x"]) == want
+
+
+def test_svm_scatter_traces_carry_dataset_rows(clipgeom_home, tmp_path):
+    """Fig. 2 right: traces "image"/"text", customdata = dataset row, and each
+    point is that row's value of the two most separable features."""
+    image, text, _ = tiny_dataset(tmp_path)
+    at = AppTest.from_file(SEP_PAGE, default_timeout=180).run()
+    _, order = _sep_count(image, text)
+    f1, f2 = int(order[0]), int(order[1])
+    fig = [f for f in figures(at) if any(t.get("name") == "SVM boundary" for t in f["data"])][0]
+    for name, x in (("image", image), ("text", text)):
+        tr = [t for t in fig["data"] if t.get("name") == name]
+        assert len(tr) == 1
+        rows = arr(tr[0]["customdata"]).astype(int)
+        assert sorted(rows.tolist()) == list(range(len(x)))
+        np.testing.assert_allclose(arr(tr[0]["x"]), x[rows, f1], rtol=1e-6)
+        np.testing.assert_allclose(arr(tr[0]["y"]), x[rows, f2], rtol=1e-6)
+    assert not wrong_modality_colours([fig])
+
+
+def test_pages_name_no_colours_of_their_own():
+    """Modality colours come from figures.show (traces named by modality)."""
+    import re
+
+    for page in (SEP_PAGE, SHELL_PAGE):
+        src = Path(page).read_text()
+        assert not re.search(r"#[0-9a-fA-F]{6}\b", src), page
+
+
+HAS_DEMO = (ROOT / "assets" / "demo" / "manifest.json").exists()
+
+
+@pytest.mark.skipif(not HAS_DEMO, reason="the bundled demo is not built")
+@pytest.mark.parametrize("page", [SEP_PAGE, SHELL_PAGE], ids=["separability", "shell"])
+def test_pages_on_the_demo_then_every_control(bundled_home, page):
+    at = AppTest.from_file(page, default_timeout=300).run()
+    assert not at.exception, at.exception
+    assert not errors(at), errors(at)
+    assert not wrong_modality_colours(figures(at))
+    if page == SHELL_PAGE:
+        for t in (d.value for d in at.dataframe if "caption" in d.value.columns):
+            assert t["caption"].is_unique
+    change_every_control(at, skip=("dataset_select",))
