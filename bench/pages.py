@@ -11,7 +11,10 @@ computed here) and a re-render by a new AppTest session in the same process
 (Streamlit's caches warm: what switching pages costs). The UMAP page
 section's one-time cost is timed separately (it runs on a button).
 Goals (issue 5): demo first render <= 5 s, cached <= 1 s; large set <= 10 s
-once caches are warm.
+once caches are warm. Issue 9: every control change <= 5 s on the demo:
+after the cached render, every toggle, select box, radio, slider and number
+input of the page is changed once (tests/apptest_helpers.walk_controls) and
+each rerun is timed; the slowest and the median are printed.
 """
 
 from __future__ import annotations
@@ -41,14 +44,41 @@ def render(page: Path, dataset: str) -> tuple[float, bool]:
     return time.perf_counter() - t0, ok
 
 
-def bench(dataset: str) -> list[tuple[str, float, float, bool]]:
+def controls(page: Path, dataset: str) -> tuple[list[tuple[str, float]], bool]:
+    """(label, seconds) of each control change on the page, and whether no
+    change raised or showed an error."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.apptest_helpers import walk_controls
+
+    at = AppTest.from_file(str(page), default_timeout=1800)
+    at.session_state["dataset"] = dataset
+    at.run()
+    times, ok = [], True
+    for label, sec in walk_controls(at):
+        times.append((label, sec))
+        ok = ok and not at.exception and not at.error
+    return times, ok
+
+
+def bench(dataset: str, with_controls: bool = True) -> list[tuple[str, float, float, bool]]:
+    import statistics
+
     rows = []
     for page in PAGES:
         first, ok1 = render(page, dataset)
         again, ok2 = render(page, dataset)
         rows.append((page.stem, first, again, ok1 and ok2))
-        print(f"  {page.stem:32s} first {first:7.2f} s   cached {again:6.2f} s"
-              f"{'' if ok1 and ok2 else '   ERROR'}", flush=True)
+        line = (f"  {page.stem:32s} first {first:7.2f} s   cached {again:6.2f} s"
+                f"{'' if ok1 and ok2 else '   ERROR'}")
+        if with_controls:
+            times, ok3 = controls(page, dataset)
+            if times:
+                slow = max(times, key=lambda t: t[1])
+                line += (f"   {len(times):2d} control changes: median "
+                         f"{statistics.median(t for _, t in times):5.2f} s, slowest "
+                         f"{slow[1]:5.2f} s ({slow[0][:40]})" + ("" if ok3 else "   ERROR"))
+        print(line, flush=True)
     return rows
 
 
@@ -57,6 +87,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--skip-large", action="store_true")
+    ap.add_argument("--no-controls", action="store_true", help="first/cached renders only")
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="clipgeom-bench-pages-"))
     os.environ["CLIPGEOM_HOME"] = str(home)
@@ -64,7 +95,7 @@ def main() -> None:
 
     print(f"CPU threads: {os.cpu_count()}; home {home}")
     print("demo (bundled):")
-    bench("demo")
+    bench("demo", not args.no_controls)
     if args.skip_large:
         return
     import pandas as pd
@@ -80,7 +111,7 @@ def main() -> None:
         source={"kind": "synthetic", "n": n, "dim": args.dim})
     print(f"large synthetic ({n:,} x {args.dim}), created in "
           f"{time.perf_counter() - t0:.1f} s:")
-    bench("large")
+    bench("large", False)
     import numpy as np
 
     ds = store.open_dataset("large")

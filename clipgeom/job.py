@@ -92,9 +92,28 @@ def _save_npz_atomic(path: Path, **arrays) -> None:
 
 def run(name: str, items: ItemList, spec: embed.ModelSpec, opts: JobOptions = JobOptions(),
         progress: Progress = None, home=None) -> "store.Dataset":
-    """Embed every image and caption of ``items`` with ``spec`` into dataset ``name``."""
+    """Embed every image and caption of ``items`` with ``spec`` into dataset ``name``.
+
+    The job holds the name's writer lock from its first chunk to the commit,
+    so a second writer of the name (another embed, an upload, an import, a
+    delete) waits or is refused, and ``jobs/<name>/`` belongs to this job only.
+    """
     store.check_name(name)
     h = store.home() if home is None else Path(home)
+    with store.writer_lock(name, f"embedding job for {name!r}", home=h):
+        return _run_locked(name, items, spec, opts, progress, h)
+
+
+def _chunk_ok(path: Path, keys: tuple[str, ...]) -> bool:
+    """True when a finished chunk file reads back whole (a resume recomputes it otherwise)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return all(z[k] is not None for k in keys)
+    except Exception:                   # BadZipFile, truncated, missing member, ...
+        return False
+
+
+def _run_locked(name, items, spec, opts, progress, h: Path) -> "store.Dataset":
     if not opts.overwrite and name in {d["name"] for d in store.list_datasets(h)}:
         raise InputError(f"dataset {name!r} already exists; pass --overwrite or choose "
                          "another name.")
@@ -108,7 +127,7 @@ def run(name: str, items: ItemList, spec: embed.ModelSpec, opts: JobOptions = Jo
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError):
             meta = {}
-        if meta.get("key") != key:
+        if not isinstance(meta, dict) or meta.get("key") != key:
             raise InputError(f"the unfinished job in {job} was started with other items, model "
                              "or chunk size; run without --resume to start afresh.")
     else:
@@ -116,6 +135,7 @@ def run(name: str, items: ItemList, spec: embed.ModelSpec, opts: JobOptions = Jo
             shutil.rmtree(job)
         (job / "thumbs").mkdir(parents=True)
         meta_path.write_text(json.dumps({"format": JOB_FORMAT, "key": key, "name": name,
+                                         "job_id": os.urandom(8).hex(), "pid": os.getpid(),
                                          "model": spec.to_manifest(),
                                          "started": time.time()}))
     bs = opts.batch_size or lm.default_batch_size
@@ -128,8 +148,11 @@ def run(name: str, items: ItemList, spec: embed.ModelSpec, opts: JobOptions = Jo
     for c in range(n_chunks):
         out = job / f"image_{c:05d}.npz"
         if out.exists():
-            say("images", min((c + 1) * opts.chunk_rows, n_img), n_img)
-            continue
+            if _chunk_ok(out, ("emb", "rows", "failed_rows", "failed_reasons")):
+                say("images", min((c + 1) * opts.chunk_rows, n_img), n_img)
+                continue
+            out.unlink()
+            say(f"images (chunk {c} was damaged: recomputing it)", c * opts.chunk_rows, n_img)
         rows = np.arange(c * opts.chunk_rows, min((c + 1) * opts.chunk_rows, n_img))
         loader = DataLoader(_ImageRows(paths, rows, lm.preprocess, job / "thumbs", opts.limits),
                             batch_size=bs, num_workers=workers, collate_fn=_collate,
@@ -154,12 +177,19 @@ def run(name: str, items: ItemList, spec: embed.ModelSpec, opts: JobOptions = Jo
     t_chunks = (n_txt + opts.chunk_rows - 1) // opts.chunk_rows
     for c in range(t_chunks):
         out = job / f"text_{c:05d}.npz"
+        if out.exists() and not _chunk_ok(out, ("emb",)):
+            out.unlink()
+            say(f"captions (chunk {c} was damaged: recomputing it)", c * opts.chunk_rows, n_txt)
         if not out.exists():
             part = captions[c * opts.chunk_rows:(c + 1) * opts.chunk_rows]
             _save_npz_atomic(out, emb=embed.encode_texts(lm, part, bs * 4))
         say("captions", min((c + 1) * opts.chunk_rows, n_txt), n_txt)
 
-    ds = _assemble(name, items, lm, job, n_chunks, t_chunks, truncated, bs, opts, h)
+    try:
+        ds = _assemble(name, items, lm, job, n_chunks, t_chunks, truncated, bs, opts, h)
+    except InputError:
+        shutil.rmtree(job, ignore_errors=True)   # e.g. every image failed: nothing to resume
+        raise
     shutil.rmtree(job, ignore_errors=True)
     if opts.build_index:
         from . import index

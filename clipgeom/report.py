@@ -23,6 +23,7 @@ import numpy as np
 
 from . import conformity, geometry, loss, projection
 from ._atomic import replacing
+from .errors import DatasetError
 
 SCHEMA = "clipgeom.report/1"
 DEFAULT_MAX_PAIRS = 5000
@@ -262,8 +263,11 @@ def stored_report(ds, *, temperature: float = loss.CLIP_TEMPERATURE,
             rep["dataset"] = ds.name      # equal arrays under another name share it
             return rep
     rep = report_for_dataset(ds, progress=progress, reuse=reuse, **params)
-    with replacing(ds.cache_dir / name) as tmp:
-        tmp.write_text(json.dumps(rep), encoding="utf-8")
+    try:
+        with replacing(ds.cache_dir / name) as tmp:
+            tmp.write_text(json.dumps(rep), encoding="utf-8")
+    except (OSError, DatasetError):
+        pass        # a read-only or full home: the report is still shown, just not kept
     return rep
 
 

@@ -95,14 +95,13 @@ def _write(files: list[tuple[str, bytes]], folder: Path) -> dict[str, Path]:
 
 @contextmanager
 def staging(home=None) -> Iterator[Path]:
-    """A private folder under ``<home>/uploads`` removed on exit, success or not."""
-    root = (store.home() if home is None else Path(home)) / "uploads"
-    root.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="upload-", dir=root))
-    try:
+    """A private folder under ``<home>/uploads``, held by this process and
+    removed on exit, success or not; a killed upload's folder is swept by the
+    next store operation (``store.locks.owned_folder``)."""
+    h = store.home() if home is None else Path(home)
+    store.sweep(h)
+    with store.locks.owned_folder(h / "uploads", "upload-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextmanager
@@ -185,7 +184,19 @@ def _need_captions(items: "ingest.ItemList", what: str) -> None:
                          "with 'image' and 'caption' columns) so both modalities exist.")
 
 
+def _locked(fn):
+    """Run an upload under the writer lock of its dataset name (held from the
+    first check to the commit): a second writer of the name never mixes in."""
+    @functools.wraps(fn)
+    def wrapper(name, *args, **kwargs):
+        store.check_name(name)
+        with store.writer_lock(name, f"upload of {name!r}", home=kwargs.get("home")):
+            return fn(name, *args, **kwargs)
+    return wrapper
+
+
 @_user_facing
+@_locked
 def embed_images(name: str, images: list[tuple[str, bytes]],
                  captions: Optional[tuple[str, bytes]], spec: embed.ModelSpec, *,
                  limits: UploadLimits = UploadLimits(), overwrite: bool = False,
@@ -220,7 +231,8 @@ def embed_images(name: str, images: list[tuple[str, bytes]],
 
 def _run_job(name, items, spec, overwrite, progress, home) -> "store.Dataset":
     """job.run, never leaving its chunk folder behind: an upload cannot be
-    resumed (its staged files are gone), so a failed job is only clutter."""
+    resumed (its staged files are gone), so a failed job is only clutter.
+    The caller holds the name's writer lock, so the folder is this job's own."""
     try:
         return job.run(name, items, spec, job.JobOptions(overwrite=overwrite, workers=0),
                        progress=progress, home=home)
@@ -229,7 +241,9 @@ def _run_job(name, items, spec, overwrite, progress, home) -> "store.Dataset":
                       ignore_errors=True)
 
 
+
 @_user_facing
+@_locked
 def embed_zip(name: str, archive: tuple[str, bytes], spec: embed.ModelSpec, *,
               limits: UploadLimits = UploadLimits(), overwrite: bool = False,
               progress: Progress = None, home=None) -> "store.Dataset":
@@ -247,6 +261,7 @@ def embed_zip(name: str, archive: tuple[str, bytes], spec: embed.ModelSpec, *,
 
 
 @_user_facing
+@_locked
 def import_npy(name: str, image_npy: tuple[str, bytes], text_npy: tuple[str, bytes],
                captions: Optional[tuple[str, bytes]] = None, *,
                limits: UploadLimits = UploadLimits(), overwrite: bool = False,

@@ -58,6 +58,52 @@ def rows_from_event(event, fig: go.Figure) -> dict[str, np.ndarray]:
     return {m: np.unique(np.asarray(v, dtype=np.int64)) for m, v in out.items()}
 
 
+# ---------------------------------------------------------------- the URL
+def encode_rows(key: str, rows: dict) -> str | None:
+    """``chart|image:1,2,3;text:4`` or None when the selection is too large for a URL."""
+    if sum(len(v) for v in rows.values()) > URL_MAX_ROWS:
+        return None
+    parts = [f"{m}:{','.join(str(int(r)) for r in rows[m])}" for m in ("image", "text")
+             if len(rows[m])]
+    return f"{key}|{';'.join(parts)}"
+
+
+def decode_rows(text: str, key: str, n_rows: dict) -> dict | None:
+    """The rows of ``encode_rows`` for chart ``key`` (rows out of range dropped),
+    or None when the text is for another chart or malformed."""
+    try:
+        chart_key, body = str(text).split("|", 1)
+        if chart_key != key:
+            return None
+        out = {"image": [], "text": []}
+        for part in filter(None, body.split(";")):
+            mod, nums = part.split(":", 1)
+            if mod in out:
+                out[mod] = [int(x) for x in nums.split(",") if x.strip()]
+    except ValueError:
+        return None
+    return {m: np.unique(np.asarray([r for r in v if 0 <= r < n_rows[m]], dtype=np.int64))
+            for m, v in out.items()}
+
+
+def keep_in_url(key: str, rows: dict) -> None:
+    enc = encode_rows(key, rows)
+    if enc is None:
+        st.query_params.pop("sel", None)
+    else:
+        st.query_params["sel"] = enc
+
+
+def from_url(key: str, loaded: data.Loaded) -> dict:
+    """Rows a shared link selected in chart ``key`` (empty when none)."""
+    empty = {"image": np.zeros(0, np.int64), "text": np.zeros(0, np.int64)}
+    raw = st.query_params.get("sel")
+    if raw is None:
+        return empty
+    rows = decode_rows(raw, key, {"image": loaded.image.shape[0], "text": loaded.text.shape[0]})
+    return rows or empty
+
+
 # ---------------------------------------------------------------- cached data
 @st.cache_data(show_spinner=False, max_entries=8)
 def item_measures(fingerprint: str, _loaded: data.Loaded) -> dict:
@@ -99,6 +145,11 @@ def chart(fig: go.Figure, caption: str, *, key: str, loaded: data.Loaded,
                          "for its details.", key=key, height=height, on_select="rerun")
     rows = rows_from_event(event, fig)
     n = sum(len(v) for v in rows.values())
+    if n:
+        keep_in_url(key, rows)
+    else:                      # a link that carries a selection of this chart
+        rows = from_url(key, loaded)
+        n = sum(len(v) for v in rows.values())
     if n:
         with ui.section("Selection"):
             panel(loaded, rows, key=key)

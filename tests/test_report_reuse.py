@@ -54,3 +54,23 @@ def test_stored_report_ignores_json_that_is_not_a_report(clipgeom_home, junk):
     again = report.stored_report(store.open_dataset("s"))
     assert _strip(again) == _strip(good)
     assert json.loads(files[0].read_text())["schema"] == report.SCHEMA   # replaced
+
+
+def test_stored_report_still_returned_when_the_cache_cannot_be_written(clipgeom_home,
+                                                                       monkeypatch):
+    import contextlib
+
+    d = synthetic.two_shells(100, 8, seed=2)
+    store.create_dataset("full", d.image, d.text)
+
+    @contextlib.contextmanager
+    def disk_full(path):
+        raise OSError(28, "No space left on device")
+        yield
+
+    monkeypatch.setattr(report, "replacing", disk_full)
+    rep = report.stored_report(store.open_dataset("full"))
+    rows = np.arange(100)
+    fresh = report.build_report(d.image, d.text, rows, rows, dataset="full")
+    assert _strip(rep) == _strip(fresh)
+    assert not list(store.open_dataset("full").cache_dir.glob("report-*.json"))

@@ -112,3 +112,16 @@ def test_save_subset_refuses_empty_and_existing(clipgeom_home, rng):
     with pytest.raises(Exception, match="exists|already"):
         subset.save_subset(ds, "base", [0], [])
     assert store.open_dataset("base").n_images == 6        # nothing lost
+
+
+def test_selection_url_round_trip():
+    rows = {"image": np.array([3, 5]), "text": np.array([0])}
+    enc = selection.encode_rows("joint-svd", rows)
+    back = selection.decode_rows(enc, "joint-svd", {"image": 10, "text": 10})
+    assert back["image"].tolist() == [3, 5] and back["text"].tolist() == [0]
+    assert selection.decode_rows(enc, "umap", {"image": 10, "text": 10}) is None
+    assert selection.decode_rows("joint-svd|image:3,99", "joint-svd",
+                                 {"image": 10, "text": 10})["image"].tolist() == [3]
+    assert selection.decode_rows("garbage", "joint-svd", {"image": 1, "text": 1}) is None
+    big = {"image": np.arange(selection.URL_MAX_ROWS + 1), "text": np.zeros(0, int)}
+    assert selection.encode_rows("k", big) is None

@@ -28,6 +28,11 @@ def home(tmp_path, monkeypatch):
     return h
 
 
+def _vdir(home, name):
+    """The current version folder of a dataset (where its files are)."""
+    return store.open_dataset(name, home=home).path
+
+
 def emb(n, d=8, seed=0, unit=False):
     x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
     x += 3.0  # raw CLIP-like: offset from the origin
@@ -91,7 +96,7 @@ def test_round_trip_bit_exact_and_memmap(home):
     ds2 = store.open_dataset("rt")
     assert np.array_equal(np.asarray(ds2.image_emb), img)
     # the file on disk is a plain npy readable by numpy itself
-    raw = np.load(home / "datasets" / "rt" / "image_emb.npy", allow_pickle=False)
+    raw = np.load(_vdir(home, "rt") / "image_emb.npy", allow_pickle=False)
     assert raw.dtype == np.float32 and np.array_equal(raw, img)
     assert ds2.model == {"name": "ViT-B-32", "pretrained": "openai"}
 
@@ -106,7 +111,7 @@ def test_float64_input_stored_as_float32(home):
 def test_manifest_hashes_match_file_bytes(home):
     ds = store.create_dataset("m", emb(6), emb(6, seed=4),
                               source={"kind": "test"}, extra_manifest={"note": 1})
-    d = home / "datasets" / "m"
+    d = _vdir(home, "m")
     m = json.loads((d / "manifest.json").read_text())
     files = {}
     for f in ["image_emb.npy", "text_emb.npy", "images.parquet", "texts.parquet"]:
@@ -188,7 +193,7 @@ def test_metadata_columns_and_thumbs(home, tmp_path):
     images = pd.DataFrame({"image_id": ["a", "b"], "source": ["x/a.png", "x/b.png"],
                            "thumbnail": ["a.jpg", None], "width": [640, 480]})
     ds = store.create_dataset("t", emb(2), emb(2, seed=1), images, thumbs_dir=th)
-    assert ds.thumb_path(0) == home / "datasets" / "t" / "thumbs" / "a.jpg"
+    assert ds.thumb_path(0) == _vdir(home, "t") / "thumbs" / "a.jpg"
     assert ds.thumb_path(0).read_bytes() == b"\xff\xd8jpeg"
     assert ds.thumb_path(1) is None
     assert ds.images["width"].tolist() == [640, 480]
@@ -301,17 +306,17 @@ def test_overwrite_replaces(home):
     assert [d["name"] for d in store.list_datasets()] == ["o"]
 
 
-@pytest.mark.parametrize("step", ["_write_table", "_write_manifest"])
+@pytest.mark.parametrize("step", ["write_table", "write_manifest"])
 def test_crash_mid_write_leaves_old_intact(home, monkeypatch, step):
     old = store.create_dataset("c", emb(3), emb(3), texts=pd.DataFrame({"caption": ["x", "y", "z"]}))
-    d = home / "datasets" / "c"
+    d = _vdir(home, "c")
     before = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
     old_fp = old.fingerprint
 
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(store, step, boom)
+    monkeypatch.setattr(store.writer, step, boom)
     with pytest.raises(RuntimeError, match="disk on fire"):
         store.create_dataset("c", emb(4, seed=7), emb(4, seed=8), overwrite=True)
     with pytest.raises(RuntimeError):
@@ -347,7 +352,7 @@ def test_os_error_becomes_dataset_error(home, monkeypatch):
     def full(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store, "_save_array", full)
+    monkeypatch.setattr(store.writer, "save_array", full)
     with pytest.raises(DatasetError, match="No space left"):
         store.create_dataset("z", emb(3), emb(3))
     assert tmp_leftovers(home) == []
@@ -373,7 +378,7 @@ def test_missing_dataset_when_none_exist(home):
 
 def test_corrupt_manifest(home):
     store.create_dataset("bad", emb(2), emb(2))
-    mp = home / "datasets" / "bad" / "manifest.json"
+    mp = _vdir(home, "bad") / "manifest.json"
     mp.write_text("{not json")
     with pytest.raises(DatasetError, match=r"manifest\.json.*corrupt.*Re-import"):
         store.open_dataset("bad")
@@ -384,14 +389,14 @@ def test_corrupt_manifest(home):
 
 def test_missing_array_file(home):
     store.create_dataset("ma", emb(2), emb(2))
-    (home / "datasets" / "ma" / "text_emb.npy").unlink()
+    (_vdir(home, "ma") / "text_emb.npy").unlink()
     with pytest.raises(DatasetError, match=r"text_emb\.npy.*missing.*Re-import"):
         store.open_dataset("ma")
 
 
 def test_shape_dtype_mismatch(home):
     store.create_dataset("sh", emb(3), emb(3))
-    p = home / "datasets" / "sh" / "image_emb.npy"
+    p = _vdir(home, "sh") / "image_emb.npy"
     np.save(p, emb(4))
     with pytest.raises(DatasetError, match=r"image_emb\.npy.*shape \(4, 8\).*\(3, 8\)"):
         store.open_dataset("sh")
@@ -402,7 +407,7 @@ def test_shape_dtype_mismatch(home):
 
 def test_pickled_array_on_disk_refused(home):
     store.create_dataset("pk", emb(2), emb(2))
-    p = home / "datasets" / "pk" / "text_emb.npy"
+    p = _vdir(home, "pk") / "text_emb.npy"
     obj = np.empty((2, 8), dtype=object)
     obj[:] = 1.0
     np.save(p, obj, allow_pickle=True)
@@ -412,7 +417,7 @@ def test_pickled_array_on_disk_refused(home):
 
 def test_truncated_array(home):
     store.create_dataset("tr", emb(50), emb(50))
-    p = home / "datasets" / "tr" / "image_emb.npy"
+    p = _vdir(home, "tr") / "image_emb.npy"
     p.write_bytes(p.read_bytes()[:300])
     with pytest.raises(DatasetError, match=r"image_emb\.npy.*cannot be read"):
         store.open_dataset("tr")
@@ -421,21 +426,22 @@ def test_truncated_array(home):
 def test_verify_detects_changed_bytes(home):
     store.create_dataset("v", emb(3), emb(3))
     assert store.verify_dataset("v").name == "v"
-    p = home / "datasets" / "v" / "text_emb.npy"
+    p = _vdir(home, "v") / "text_emb.npy"
     a = np.load(p)
     a[0, 0] += 1
     np.save(p, a)
-    store.open_dataset("v")  # open does not re-hash
+    # a same-size change is noticed on open (its stat changed, so it is hashed)
+    with pytest.raises(DatasetError, match=r"text_emb\.npy.*changed since it was imported"):
+        store.open_dataset("v")
     with pytest.raises(DatasetError, match=r"text_emb\.npy.*changed"):
         store.verify_dataset("v")
 
 
 def test_corrupt_parquet_reported_on_access(home):
     store.create_dataset("pq", emb(2), emb(2))
-    (home / "datasets" / "pq" / "texts.parquet").write_bytes(b"garbage")
-    ds = store.open_dataset("pq")
-    with pytest.raises(DatasetError, match=r"texts\.parquet.*corrupt"):
-        ds.texts
+    (_vdir(home, "pq") / "texts.parquet").write_bytes(b"garbage")
+    with pytest.raises(DatasetError, match=r"texts\.parquet.*changed since it was imported"):
+        store.open_dataset("pq")
 
 
 # --------------------------------------------------------------------------
@@ -445,7 +451,7 @@ def test_corrupt_parquet_reported_on_access(home):
 def test_list_skips_tmp_and_reports_corrupt(home):
     store.create_dataset("good", emb(3), emb(2), model={"checkpoint_sha256": "ab"})
     store.create_dataset("broken", emb(2), emb(2))
-    (home / "datasets" / "broken" / "manifest.json").write_text("[]")
+    (_vdir(home, "broken") / "manifest.json").write_text("[]")
     (home / "datasets" / ".tmp-half-1234").mkdir()
     (home / "datasets" / "stray.txt").write_text("x")
     out = store.list_datasets()
@@ -480,7 +486,7 @@ def assets(home, tmp_path, monkeypatch):
     store.create_dataset("demo", emb(4), emb(4, seed=1), home=other)
     a = tmp_path / "assets"
     a.mkdir()
-    shutil.move(str(other / "datasets" / "demo"), str(a / "demo"))
+    shutil.move(str(_vdir(other, "demo")), str(a / "demo"))   # bundled: one flat version
     (a / "notadataset").mkdir()
     monkeypatch.setattr(store, "ASSETS_DIR", a)
     return a
@@ -513,14 +519,14 @@ def test_read_only_cannot_be_deleted_or_shadowed(home, assets):
 
 def test_user_dataset_cache_inside_dataset(home):
     ds = store.create_dataset("u", emb(2), emb(2))
-    assert ds.cache_dir == home / "datasets" / "u" / "cache"
-    assert ds.index_dir == home / "datasets" / "u" / "index"
+    assert ds.cache_dir == _vdir(home, "u") / "cache"
+    assert ds.index_dir == _vdir(home, "u") / "index"
 
 
 def test_home_argument_overrides_env(home, tmp_path):
     other = tmp_path / "elsewhere"
     store.create_dataset("h", emb(2), emb(2), home=other)
-    assert (other / "datasets" / "h" / "manifest.json").is_file()
+    assert (_vdir(other, "h") / "manifest.json").is_file()
     assert store.open_dataset("h", home=other).name == "h"
     with pytest.raises(DatasetError):
         store.open_dataset("h")
@@ -529,16 +535,31 @@ def test_home_argument_overrides_env(home, tmp_path):
 def test_stale_temp_folders_swept(home):
     d = home / "datasets"
     d.mkdir(parents=True)
-    old_tmp, new_tmp, old_aside = d / ".tmp-x-old", d / ".tmp-y-new", d / ".old-z-1"
-    for p in (old_tmp, new_tmp, old_aside):
+    dead_tmp, live_tmp, trash = d / ".tmp-x-1a2b", d / ".tmp-y-3c4d", d / ".del-w-9f"
+    for p in (dead_tmp, live_tmp, trash):
         p.mkdir()
         (p / "f").write_text("x")
-    two_days_ago = os.path.getmtime(d) - 2 * 24 * 3600
-    os.utime(old_tmp, (two_days_ago, two_days_ago))
-    os.utime(old_aside, (two_days_ago, two_days_ago))
-    store.create_dataset("s", emb(2), emb(2))
-    assert not old_tmp.exists()
-    assert new_tmp.exists() and old_aside.exists()
+    # a live writer of "y" (another thread: its own lock file descriptor) owns its tmp
+    import threading
+    held, release = threading.Event(), threading.Event()
+
+    def writer():
+        with store.writer_lock("y", "test writer"):
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    held.wait(10)
+    try:
+        store.create_dataset("s", emb(2), emb(2))
+        assert not dead_tmp.exists() and not trash.exists()    # nobody owns them
+        assert live_tmp.exists()                               # its writer is alive
+    finally:
+        release.set()
+        t.join()
+    store.list_datasets()
+    assert not live_tmp.exists()
 
 
 def test_numeric_label_round_trip(home):
