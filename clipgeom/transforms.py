@@ -531,6 +531,84 @@ def recover_intra_similarity(s_inter, rank: Optional[int] = None, *,
     return IntraRecovery(s_intra=s_intra, q=q, rank=d, singular_values=sv, residual=residual)
 
 
+def recover_intra_similarity_ranks(s_inter, ranks) -> list[IntraRecovery]:
+    """:func:`recover_intra_similarity` at several ranks at once (intra-modal
+    supplement Eq. 4-10), e.g. for an error-vs-rank curve.
+
+    Same equations, computed once for the largest rank K: the top-K right
+    singular vectors of S_inter are the top-K eigenvectors of S_inter^T S_inter
+    (``scipy.linalg.eigh`` on that subset only, instead of an N x N SVD); the
+    unknowns of the symmetric Q (Eq. 9) are ordered by (max(j, k), min(j, k)),
+    so the design matrix of every rank k <= K is a column prefix of rank K's,
+    and one QR of it (``scipy.linalg.qr_multiply``) solves them all: the
+    least-squares solution of a column prefix comes from the leading block of
+    R. A rank whose design is (numerically) rank-deficient falls back to the
+    minimum-norm ``np.linalg.lstsq``. ``singular_values`` of each result hold
+    the top K only. Returns one :class:`IntraRecovery` per rank, in the order
+    of ``sorted(set(ranks))``.
+    """
+    from scipy.linalg import eigh, qr_multiply, solve_triangular
+
+    s = validate.embeddings(s_inter, "inter-modal similarity matrix", allow_zero=True,
+                            dtype=np.float64)
+    n = s.shape[0]
+    if s.shape[1] != n:
+        raise InputError(
+            f"inter-modal similarity matrix must be square (text x image, N x N), "
+            f"got shape {s.shape}."
+        )
+    try:
+        ranks = sorted({int(r) for r in ranks})
+    except (TypeError, ValueError):
+        raise InputError(f"ranks must be whole numbers, got {ranks!r}.") from None
+    if not ranks or ranks[0] < 1 or ranks[-1] > n:
+        raise InputError(f"ranks must be whole numbers between 1 and {n}, got {ranks}.")
+    big = ranks[-1]
+    if big > MAX_RECOVERY_RANK:
+        raise InputError(
+            f"recovering intra-modal similarities is limited to rank <= {MAX_RECOVERY_RANK} "
+            f"(the linear system has d(d+1)/2 unknowns), got {big}."
+        )
+    m = big * (big + 1) // 2
+    if n < m:
+        raise InputError(
+            f"recovering rank-{big} similarities needs at least d(d+1)/2 = {m} rows, got "
+            f"N = {n}; use more pairs or a lower rank."
+        )
+    if n * m * 8 > MAX_RECOVERY_BYTES:
+        raise InputError(
+            f"the linear system would need {n * m * 8 / 1024 ** 3:.1f} GiB "
+            f"(N = {n} rows x {m} unknowns); use fewer rows or a lower rank."
+        )
+    w, vecs = eigh(s.T @ s, subset_by_index=[n - big, n - 1])
+    order = np.argsort(w)[::-1]
+    sv = np.sqrt(np.clip(w[order], 0.0, None))
+    v = vecs[:, order]                                   # [N, K], Eq. 5
+    hi = np.concatenate([np.full(b + 1, b) for b in range(big)])
+    lo = np.concatenate([np.arange(b + 1) for b in range(big)])
+    a = v[:, lo] * v[:, hi]
+    a[:, lo != hi] *= 2.0                                # Q_jk and Q_kj share one unknown
+    ones = np.ones(n)
+    qtb, r = qr_multiply(a, ones, mode="right")
+    out = []
+    for k in ranks:
+        mk = k * (k + 1) // 2
+        rk = r[:mk, :mk]
+        diag = np.abs(np.diag(rk))
+        if diag.min() > 1e-10 * max(diag.max(), np.finfo(np.float64).tiny):
+            sol = solve_triangular(rk, qtb[:mk])
+        else:
+            sol, *_ = np.linalg.lstsq(a[:, :mk], ones, rcond=None)
+        q = np.zeros((k, k))
+        q[lo[:mk], hi[:mk]] = sol
+        q[hi[:mk], lo[:mk]] = sol
+        residual = float(np.sqrt(np.mean((a[:, :mk] @ sol - 1.0) ** 2)))
+        vk = v[:, :k]
+        out.append(IntraRecovery(s_intra=(vk @ q) @ vk.T, q=q, rank=k, singular_values=sv,
+                                 residual=residual))
+    return out
+
+
 def intra_recovery_error(recovered, truth) -> dict:
     """Max-abs and RMS difference between a recovered and a true similarity matrix.
 

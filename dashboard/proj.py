@@ -16,6 +16,7 @@ import streamlit as st
 
 from clipgeom import conformity, projection, store, transforms
 from clipgeom._chunks import row_norms
+from clipgeom.errors import DatasetError, InputError
 
 from . import data
 
@@ -48,58 +49,206 @@ def isotropy(fingerprint: str, _loaded: data.Loaded) -> dict:
     return {"image": projection.isotropy(_loaded.image), "text": projection.isotropy(_loaded.text)}
 
 
+# Columns of the images / texts tables that identify rows rather than describe them.
+_ID_COLUMNS = {"image_id", "text_id", "source", "thumbnail", "caption"}
+BUILTIN_COLOURS = {"modality": "modality", "conformity": "numeric", "norm": "numeric"}
+MAX_CATEGORIES = 10          # one palette; more categories: the 9 most frequent + "other"
+
+
+def _tables(loaded: data.Loaded):
+    if loaded.name == data.SYNTHETIC:
+        return None, None
+    ds = store.open_dataset(loaded.name)
+    return ds.images, ds.texts
+
+
+def _metadata_columns(images: pd.DataFrame | None, texts: pd.DataFrame | None) -> dict:
+    """{option label: (table, column)} for every metadata column of both tables.
+    A column in both tables is offered twice, labelled with its table."""
+    cols = {}
+    for table, df in (("images", images), ("texts", texts)):
+        if df is not None:
+            for c in df.columns:
+                if c not in _ID_COLUMNS:
+                    cols.setdefault(str(c), []).append(table)
+    out = {}
+    for c, where in cols.items():
+        for table in where:
+            out[c if len(where) == 1 else f"{c} ({table})"] = (table, c)
+    return out
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def colour_options(fingerprint: str, _loaded: data.Loaded) -> dict:
+    """{"Colour by" option: "modality" | "numeric" | "categorical"}: modality,
+    conformity, norm, then every metadata column of the images and texts tables."""
+    images, texts = _tables(_loaded)
+    out = dict(BUILTIN_COLOURS)
+    for label, (table, col) in _metadata_columns(images, texts).items():
+        s = (images if table == "images" else texts)[col]
+        numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+        out.setdefault(label, "numeric" if numeric else "categorical")
+    return out
+
+
+def _text_to_image_rows(images: pd.DataFrame, texts: pd.DataFrame) -> np.ndarray:
+    """Per text row, the row of the image it describes (-1: none)."""
+    pos = {v: i for i, v in enumerate(images["image_id"].astype(str))}
+    return np.array([pos.get(str(v), -1) if v is not None else -1
+                     for v in texts["image_id"]], dtype=np.int64)
+
+
+def _spread(values: np.ndarray, rows: np.ndarray, missing):
+    """values[rows] with ``missing`` where rows == -1."""
+    out = np.full(rows.shape[0], missing, dtype=values.dtype)
+    ok = rows >= 0
+    out[ok] = values[rows[ok]]
+    return out
+
+
 @st.cache_data(show_spinner="computing colours…", max_entries=16)
-def colour_values(fingerprint: str, _loaded: data.Loaded, kind: str) -> dict:
-    """Per-row values to colour by: exact conformity (Double-Ellipsoid Eq. 10) or norm."""
-    if kind == "conformity":
-        return {"image": conformity.exact_conformity(_loaded.image),
-                "text": conformity.exact_conformity(_loaded.text)}
-    return {"image": row_norms(_loaded.image), "text": row_norms(_loaded.text)}
+def colour_values(fingerprint: str, _loaded: data.Loaded, option: str) -> dict:
+    """Per-row colour values of both modalities for one "Colour by" option.
+
+    conformity: exact conformity (Double-Ellipsoid Eq. 10) per modality; norm:
+    raw row norms; a metadata column: its value for rows of its own table, and
+    for the other modality the value of the paired row (a caption takes its
+    image's value; an image its first caption's). Returns {"kind": "numeric"
+    | "categorical" | "modality", "title", "image", "text"}: numeric ->
+    float arrays with NaN for no value; categorical -> int codes into
+    ``categories`` (-1: no value), at most MAX_CATEGORIES (the most frequent,
+    then "other").
+    """
+    if option == "modality":
+        return {"kind": "modality", "title": "modality", "image": None, "text": None}
+    if option == "conformity":
+        return {"kind": "numeric", "title": "conformity",
+                "image": conformity.exact_conformity(_loaded.image).astype(np.float64),
+                "text": conformity.exact_conformity(_loaded.text).astype(np.float64)}
+    if option == "norm":
+        return {"kind": "numeric", "title": "norm",
+                "image": row_norms(_loaded.image).astype(np.float64),
+                "text": row_norms(_loaded.text).astype(np.float64)}
+    images, texts = _tables(_loaded)
+    cols = _metadata_columns(images, texts)
+    if option not in cols:
+        raise InputError(f"this dataset has no column {option!r} to colour by; choose one of "
+                         f"{', '.join(colour_options(fingerprint, _loaded))}.")
+    table, col = cols[option]
+    n_img, n_txt = _loaded.image.shape[0], _loaded.text.shape[0]
+    if table == "images":
+        own = images[col]
+        img_rows = np.arange(n_img)
+        txt_rows = _text_to_image_rows(images, texts)
+    else:
+        own = texts[col]
+        txt_rows = np.arange(n_txt)
+        img_rows = np.full(n_img, -1, dtype=np.int64)
+        img_rows[_loaded.pair_image_rows] = _loaded.pair_text_rows
+    numeric = pd.api.types.is_numeric_dtype(own) and not pd.api.types.is_bool_dtype(own)
+    if numeric:
+        v = pd.to_numeric(own, errors="coerce").to_numpy(dtype=np.float64)
+        return {"kind": "numeric", "title": option,
+                "image": _spread(v, img_rows, np.nan), "text": _spread(v, txt_rows, np.nan)}
+    labels = own.map(lambda x: None if x is None or (isinstance(x, float) and np.isnan(x))
+                     else str(x))
+    counts = labels.value_counts(dropna=True)
+    order = sorted(counts.index, key=lambda c: (-counts[c], c))
+    if len(order) > MAX_CATEGORIES:
+        keep = order[:MAX_CATEGORIES - 1]
+        categories = keep + [f"other ({len(order) - len(keep)} values)"]
+        code_of = {c: i for i, c in enumerate(keep)}
+        other = len(keep)
+    else:
+        categories, code_of, other = order, {c: i for i, c in enumerate(order)}, -1
+    codes = np.array([-1 if c is None else code_of.get(c, other) for c in labels],
+                     dtype=np.int64)
+    return {"kind": "categorical", "title": option, "categories": categories,
+            "image": _spread(codes, img_rows, -1), "text": _spread(codes, txt_rows, -1)}
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def item_text(fingerprint: str, _loaded: data.Loaded) -> dict:
-    """Hover text per row: image ids / labels and captions (stored datasets only)."""
-    out = {"image_ids": None, "captions": None, "labels": None}
-    if _loaded.name == data.SYNTHETIC:
-        return out
-    ds = store.open_dataset(_loaded.name)
-    imgs, txts = ds.images, ds.texts
-    if "image_id" in imgs.columns:
-        out["image_ids"] = imgs["image_id"].astype(str).to_numpy()
-    if "caption" in txts.columns:
-        out["captions"] = txts["caption"].astype(str).to_numpy()
-    if "label" in imgs.columns and imgs["label"].notna().any():
-        out["labels"] = imgs["label"].astype(str).to_numpy()
+    """Hover text per row: image ids and captions (stored datasets only)."""
+    out = {"image_ids": None, "captions": None}
+    images, texts = _tables(_loaded)
+    if images is not None and "image_id" in images.columns:
+        out["image_ids"] = images["image_id"].astype(str).to_numpy()
+    if texts is not None and "caption" in texts.columns:
+        out["captions"] = texts["caption"].astype(str).to_numpy()
     return out
 
 
-def umap_cache_dir(loaded: data.Loaded) -> Path:
+# ---------------------------------------------------------------- UMAP
+
+
+def umap_dirs(loaded: data.Loaded) -> tuple[Path | None, Path | None]:
+    """(cache folder, shipped folder) for this dataset's UMAP results (either may be
+    None: nothing shipped; no writable CLIPGEOM_HOME)."""
     if loaded.name == data.SYNTHETIC:
         d = store.home() / "cache" / "synthetic" / loaded.fingerprint
         d.mkdir(parents=True, exist_ok=True)
-        return d
-    return store.open_dataset(loaded.name).cache_dir
+        return d, None
+    ds = store.open_dataset(loaded.name)
+    shipped = ds.shipped_dir("cache")
+    try:
+        cache = ds.cache_dir
+    except DatasetError:
+        if shipped is None:
+            raise
+        cache = None                 # no writable home: the shipped results still show
+    return cache, shipped
 
 
-def umap_rows(loaded: data.Loaded, per_modality: int) -> dict:
-    """The seeded rows of each modality the UMAP plot shows."""
-    return {"image": projection.sample_rows(loaded.image.shape[0], per_modality, 0),
-            "text": projection.sample_rows(loaded.text.shape[0], per_modality, 1)}
+def umap_input(loaded: data.Loaded, per_modality: int) -> tuple[np.ndarray, dict]:
+    """The rows the UMAP plot shows and their stacked embeddings (``projection.umap_sample``)."""
+    return projection.umap_sample(loaded.image, loaded.text, int(per_modality))
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def umap(fingerprint: str, _loaded: data.Loaded, per_modality: int, _progress=None) -> dict:
-    """Joint 2-D UMAP (cosine) of sampled image and text rows (isotropy paper Figs. 14-15),
-    cached on disk by ``projection.umap_coords``."""
-    rows = umap_rows(_loaded, per_modality)
-    x = np.vstack([np.asarray(_loaded.image[rows["image"]], dtype=np.float32),
-                   np.asarray(_loaded.text[rows["text"]], dtype=np.float32)])
-    xy = projection.umap_coords(x, cache_dir=umap_cache_dir(_loaded), progress=_progress,
-                                n_neighbors=min(15, x.shape[0] - 1))
+def _pack_umap(xy: np.ndarray, rows: dict) -> dict:
     ni = rows["image"].shape[0]
     return {"image": xy[:ni], "text": xy[ni:], "image_rows": rows["image"],
             "text_rows": rows["text"]}
+
+
+class _NotStored(Exception):
+    """Raised inside the cached lookup so that a miss is not cached."""
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _umap_stored(fingerprint: str, _loaded: data.Loaded, per_modality: int) -> dict:
+    x, rows = umap_input(_loaded, per_modality)
+    cache_dir, shipped = umap_dirs(_loaded)
+    xy = projection.stored_umap(x, cache_dir=cache_dir, shipped_dir=shipped,
+                                **projection.umap_params_for(x.shape[0]))
+    if xy is None:
+        raise _NotStored
+    return _pack_umap(xy, rows)
+
+
+def umap_stored(loaded: data.Loaded, per_modality: int) -> dict | None:
+    """The joint UMAP (isotropy paper Figs. 14-15) when it is already stored (shipped
+    with a bundled dataset or computed before), else None. Never computes and never
+    draws; a hit is kept in memory (``st.cache_data``), a miss is not."""
+    try:
+        return _umap_stored(loaded.fingerprint, loaded, int(per_modality))
+    except _NotStored:
+        return None
+
+
+def umap_compute(loaded: data.Loaded, per_modality: int, progress=None) -> dict:
+    """Compute the joint 2-D UMAP (cosine) of sampled image and text rows
+    (isotropy paper Figs. 14-15) and store it on disk (``projection.umap_coords``).
+
+    NOT cached in memory on purpose: ``progress(fraction, text)`` may draw (a
+    progress bar made by the caller), and a ``st.cache_data`` function must not
+    draw into outer elements (replaying it raised CacheReplayClosureError on
+    every later rerun). :func:`umap_stored` reads the result afterwards."""
+    x, rows = umap_input(loaded, per_modality)
+    cache_dir, shipped = umap_dirs(loaded)
+    xy = projection.umap_coords(x, cache_dir=cache_dir, shipped_dir=shipped, progress=progress,
+                                **projection.umap_params_for(x.shape[0]))
+    return _pack_umap(xy, rows)
 
 
 @st.cache_data(show_spinner="fitting the transform…", max_entries=32)
@@ -111,7 +260,9 @@ def alignment(fingerprint: str, _loaded: data.Loaded, method: str, k: int,
                                       train_fraction=train_fraction, temperature=temperature)
     return {"method": method, "k": r.k, "train": r.train.__dict__, "test": r.test.__dict__,
             "test_index": r.test_index,
-            "test_image_rows": _loaded.pair_image_rows[keep[r.test_index]], "image_test": r.image_test, "text_test": r.text_test,
+            "test_image_rows": _loaded.pair_image_rows[keep[r.test_index]],
+            "test_text_rows": _loaded.pair_text_rows[keep[r.test_index]],
+            "image_test": r.image_test, "text_test": r.text_test,
             "image_raw": img[r.test_index], "text_raw": txt[r.test_index],
             "pos": r.positive_cosines, "rand": r.random_cosines}
 
@@ -140,9 +291,24 @@ def joint_of(fingerprint: str, tag: str, _image: np.ndarray, _text: np.ndarray) 
     return {"image": p.image_coords, "text": p.text_coords}
 
 
+def lab_sizes(loaded: data.Loaded, train_fraction: float) -> dict:
+    """Pairs the transform lab uses, its train/test split sizes and the largest
+    whitening k: whitening is fitted on the train rows of both modalities, each
+    centred by its own mean, i.e. 2 n_train rows of rank <= 2 (n_train - 1), so
+    k <= min(d, 2 (n_train - 1)) (``transforms.fit_whitening``)."""
+    n = int(min(loaded.pair_image_rows.shape[0], MAX_LAB_PAIRS))
+    d = int(loaded.image.shape[1])
+    if n < 4:
+        return {"pairs": n, "train": 0, "test": 0, "k_max": 0, "d": d}
+    tr, te = transforms.split_indices(n, train_fraction)
+    return {"pairs": n, "train": int(tr.shape[0]), "test": int(te.shape[0]), "d": d,
+            "k_max": int(max(1, min(d, 2 * (tr.shape[0] - 1))))}
+
+
 @st.cache_data(show_spinner="recovering intra-modal similarities…", max_entries=16)
 def intra(fingerprint: str, _loaded: data.Loaded, n_pairs: int, k: int, seed: int) -> dict:
-    """Intra-modal similarity recovery on a sample (intra-modal supplement Eq. 4-10)."""
+    """Intra-modal similarity recovery on a sample, against the data's true
+    image-image cosines, with its error-vs-rank curve (intra-modal supplement Eq. 4-10)."""
     img, txt, keep = _paired(_loaded, n_pairs, seed)
     out = projection.intra_recovery_experiment(img, txt, n_pairs=n_pairs, k=k, seed=seed)
     out["image_rows"] = _loaded.pair_image_rows[keep[out["rows"]]]

@@ -249,3 +249,52 @@ def test_recover_intra_similarity_input_checks():
         T.recover_intra_similarity(np.ones((5, 4)))
     with pytest.raises(InputError, match="rank <= 128"):
         T.recover_intra_similarity(np.eye(200))
+
+
+def test_recover_intra_similarity_ranks_equals_one_solve_per_rank():
+    rng = _rng(11)
+    n, d = 120, 9
+    x_i = _unit(rng.normal(size=(n, d)) + 0.4)
+    x_t = _unit(x_i @ rng.normal(size=(d, d)) + 0.5 * rng.normal(size=(n, d)))
+    s = x_t @ x_i.T
+    ranks = [1, 4, 7, 9]
+    recs = T.recover_intra_similarity_ranks(s, [9, 4, 1, 7, 4])     # any order, repeats
+    assert [r.rank for r in recs] == ranks
+    for r in recs:
+        one = T.recover_intra_similarity(s, rank=r.rank)           # SVD + lstsq, per rank
+        np.testing.assert_allclose(r.s_intra, one.s_intra, atol=1e-8)
+        np.testing.assert_allclose(r.q.shape, (r.rank, r.rank))
+        assert r.residual == pytest.approx(one.residual, abs=1e-9)
+    np.testing.assert_allclose(recs[-1].s_intra, x_i @ x_i.T, atol=1e-8)   # rank d: exact
+
+
+def test_recover_intra_similarity_ranks_on_repeated_rows(monkeypatch):
+    """30 pairs made of 5 distinct ones: at rank 3 (6 unknowns) the design has only 5
+    distinct rows, so it is singular and the minimum-norm lstsq answers, as the
+    one-rank solver does."""
+    rng = _rng(12)
+    x_i = np.repeat(_unit(rng.normal(size=(5, 8)) + 0.3), 6, axis=0)
+    x_t = np.repeat(_unit(rng.normal(size=(5, 8)) + 0.3), 6, axis=0)
+    s = x_t @ x_i.T
+    calls = []
+    real = np.linalg.lstsq
+
+    def spy(a, b, **kw):
+        calls.append(a.shape)
+        return real(a, b, **kw)
+
+    monkeypatch.setattr(np.linalg, "lstsq", spy)
+    rec = T.recover_intra_similarity_ranks(s, [3])[0]
+    assert calls == [(30, 6)]                                  # the fallback ran
+    np.testing.assert_allclose(rec.s_intra, T.recover_intra_similarity(s, rank=3).s_intra,
+                               atol=1e-8)
+
+
+def test_recover_intra_similarity_ranks_input_checks():
+    x = _unit(_rng(13).normal(size=(30, 8)))
+    with pytest.raises(InputError, match="at least d\\(d\\+1\\)/2 = 36 rows"):
+        T.recover_intra_similarity_ranks(x @ x.T, [2, 8])
+    with pytest.raises(InputError, match="between 1 and 30"):
+        T.recover_intra_similarity_ranks(x @ x.T, [0, 2])
+    with pytest.raises(InputError, match="square"):
+        T.recover_intra_similarity_ranks(np.ones((5, 4)), [1])
