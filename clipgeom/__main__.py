@@ -1,18 +1,25 @@
 """The clipgeom command line: ``python -m clipgeom <command> ...`` or ``clipgeom``.
 
 Every command prints what a user needs and exits non-zero with a one-line
-message (no traceback) when the input is wrong.
+message (no traceback) when the input is wrong, or when the machine refuses
+(a read-only or full disk: ``clipgeom: error: <strerror>: <path>``). Output
+piped into a reader that stops early (``| head``) ends quietly. CSV output
+neutralises cells a spreadsheet would run as formulas
+(:func:`clipgeom.safety.csv_cell`).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
 from .errors import ClipgeomError
+from .safety import csv_cell
 
 
 def _cmd_list(args) -> int:
@@ -103,9 +110,12 @@ def _cmd_conformity(args) -> int:
     fit = conformity.fit_conformity(emb)
     out = csv.writer(sys.stdout)
     out.writerow(["id", "exact", "estimated", "cos_to_mean", label_col])
+    # ids and captions/sources are user strings (csv_cell neutralises formulas);
+    # the numbers are numbers, a leading minus included.
     for i in range(len(fit.exact)):
-        out.writerow([ids.iloc[i], f"{fit.exact[i]:.6f}", f"{fit.estimated[i]:.6f}",
-                      f"{fit.cos_mean[i]:.6f}", table[label_col].iloc[i]])
+        out.writerow([csv_cell(ids.iloc[i]), f"{fit.exact[i]:.6f}",
+                      f"{fit.estimated[i]:.6f}", f"{fit.cos_mean[i]:.6f}",
+                      csv_cell(table[label_col].iloc[i])])
     return 0
 
 
@@ -429,13 +439,48 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def os_error_message(exc: OSError) -> str:
+    """One line for an OSError: what the system said and the path it was about."""
+    what = exc.strerror or (errno.errorcode.get(exc.errno) if exc.errno else None) \
+        or str(exc) or type(exc).__name__
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    hint = ""
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        hint = (" Check that CLIPGEOM_HOME (or the output folder) is writable, or "
+                "point CLIPGEOM_HOME at a writable folder.")
+    elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = " Free some disk space (or point CLIPGEOM_HOME at a larger disk) and retry."
+    return f"{what}: {' -> '.join(paths)}.{hint}" if paths else f"{what}.{hint}"
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe: send what is left in stdout's buffer nowhere, so the
+    interpreter's final flush does not print a second error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # pragma: no cover - exotic stdout
+        pass
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        rc = args.func(args)
+        sys.stdout.flush()  # a broken pipe surfaces here, inside the handler
+        return rc
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) stopped reading: not an error of ours.
+        _quiet_stdout()
+        return 141  # 128 + SIGPIPE, what the shell reports for a killed writer
     except ClipgeomError as exc:
         print(f"clipgeom: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # Read-only home, full disk, permissions: the system's words and the path,
+        # never a traceback.
+        print(f"clipgeom: error: {os_error_message(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("clipgeom: interrupted", file=sys.stderr)
         return 130

@@ -10,9 +10,12 @@ normalisation throws away.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
+import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -138,8 +141,10 @@ def load_model(spec: ModelSpec, device: Optional[str] = None) -> LoadedModel:
     if spec.pretrained and not _hub_reachable():
         raise InputError(_pretrained_help(spec, OSError("the model hub cannot be reached")))
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            spec.arch, pretrained=spec.pretrained or None, device="cpu")
+        quiet = _no_random_init_notice() if spec.checkpoint else contextlib.nullcontext()
+        with quiet:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                spec.arch, pretrained=spec.pretrained or None, device="cpu")
     except RuntimeError as exc:
         # open_clip raises RuntimeError for unknown tags, OSError family for
         # failed downloads (wrapped differently across versions).
@@ -164,6 +169,44 @@ def load_model(spec: ModelSpec, device: Optional[str] = None) -> LoadedModel:
         amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return LoadedModel(model=model, preprocess=preprocess, tokenizer=tokenizer, device=dev,
                        spec=spec, context_length=ctx, dim=dim, autocast_dtype=amp)
+
+
+#: What open_clip logs (or warns) when it builds a model without weights; true
+#: but misleading when a checkpoint is loaded into that model right after.
+_RANDOM_INIT_NOTICES = ("No pretrained weights loaded", "initialized randomly",
+                        "initialized partially")
+
+
+class _DropRandomInit(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:  # pragma: no cover - a malformed record is not ours to judge
+            return True
+        return not any(n in msg for n in _RANDOM_INIT_NOTICES)
+
+
+@contextlib.contextmanager
+def _no_random_init_notice():
+    """While a model is built for a checkpoint: drop open_clip's "No pretrained
+    weights loaded ... initialized randomly" notice (the checkpoint is loaded
+    next, with strict key matching, so the model is not random). open_clip logs
+    it through the root logger; a filter on the root logger and on its handlers
+    (and the same text as a Python warning) removes only that message."""
+    flt = _DropRandomInit()
+    root = logging.getLogger()
+    targets = [root, *root.handlers,
+               logging.getLogger("open_clip"), logging.getLogger("open_clip.factory")]
+    for t in targets:
+        t.addFilter(flt)
+    try:
+        with warnings.catch_warnings():
+            for notice in _RANDOM_INIT_NOTICES:
+                warnings.filterwarnings("ignore", message=f".*{notice}")
+            yield
+    finally:
+        for t in targets:
+            t.removeFilter(flt)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

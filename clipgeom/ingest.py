@@ -37,8 +37,12 @@ Zip archives are extracted safely (:func:`safe_extract`): names are checked
 (no absolute paths, ``..``, drive letters, backslashes, control characters,
 duplicates), symlinks, special files and encrypted entries are refused, and
 the sizes declared in the central directory are checked against
-:class:`ZipLimits` before anything is written, then enforced again on the
-bytes actually written.
+:class:`ZipLimits` before anything is written (per member, in all against an
+absolute cap, ``CLIPGEOM_MAX_EXTRACT_BYTES`` = 4 GiB by default, in all
+against the archive's size, and against the free disk space less a margin),
+then enforced again on the bytes actually written. An import extracts only
+the images and the one captions file (:func:`import_selection`); every other
+member is left in the archive and listed as skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -207,8 +211,10 @@ class _Resolver:
     """Maps the ``image`` cell of a caption row to an image row."""
 
     def __init__(self, root: Path, rels: list[str], ids: list[str],
-                 skipped: dict[str, str], recursive: bool):
+                 skipped: dict[str, str], recursive: bool,
+                 absent: dict[str, str] | None = None):
         self.root = root
+        self.absent = absent or {}
         self.recursive = recursive
         self.by_rel = {r: k for k, r in enumerate(rels)}
         self.by_name: dict[str, list[str]] = {}
@@ -246,6 +252,9 @@ class _Resolver:
                 return None, f"image {raw!r} was skipped ({self.skipped[r]})."
             return self.by_rel[r], None
         p = self.root / s
+        if s in self.absent:  # a zip member that was not extracted
+            return None, (f"{raw!r} is not an image file (extensions "
+                          f"read: {_EXT_LIST}).")
         if p.is_file():
             if Path(s).suffix.lower() not in IMAGE_EXTENSIONS:
                 return None, (f"{raw!r} is not an image file (extensions "
@@ -274,8 +283,13 @@ def _is_missing(v) -> bool:
 
 def _from_tree(root: Path, captions: Path | None, *, strict: bool,
                recursive: bool, root_display: str, captions_display: str | None,
-               source: dict) -> ItemList:
-    """Shared core of :func:`from_folder` and :func:`from_zip`."""
+               source: dict, absent: dict[str, str] | None = None) -> ItemList:
+    """Shared core of :func:`from_folder` and :func:`from_zip`.
+
+    ``absent``: files under ``root`` (relative paths) that exist in the
+    source but were not extracted (zip members that are not images), with
+    the reason; captions naming them get the same message as in a folder.
+    """
     col = _Collector(strict)
     rels_all = _scan_images(root, recursive)
     rels: list[str] = []
@@ -300,7 +314,7 @@ def _from_tree(root: Path, captions: Path | None, *, strict: bool,
     img_labels: list = [None] * len(rels)
     label_line: list = [None] * len(rels)
 
-    text_rows: list[dict] = []
+    tcols: dict[str, list] = {"text_id": [], "caption": [], "image_id": []}
     text_img_rows: list[int | None] = []
     has_label = False
     meta_cols: list[str] = []
@@ -316,10 +330,17 @@ def _from_tree(root: Path, captions: Path | None, *, strict: bool,
         lines = caps.attrs.get("lines") or list(range(2, len(caps) + 2))
         has_label = "label" in caps.columns
         meta_cols = [c for c in caps.columns if c not in ("caption", "image", "label")]
-        resolver = _Resolver(root, rels, ids, skipped_files, recursive)
+        resolver = _Resolver(root, rels, ids, skipped_files, recursive, absent)
         cap_name = Path(captions_display or captions.name).name
         seen: dict[tuple, int] = {}
-        records = caps.to_dict("records")
+        if has_label:
+            tcols["label"] = []
+        for c in meta_cols:
+            tcols[c] = []
+        names = list(caps.columns)
+        # One row dict at a time (to_dict("records") would hold them all).
+        records = (dict(zip(names, vals)) for vals in
+                   zip(*(caps[c].tolist() for c in names)))
         for rec, line in zip(records, lines):
             item = f"{captions_display}:{line}"
             raw_cap = rec.get("caption")
@@ -352,14 +373,15 @@ def _from_tree(root: Path, captions: Path | None, *, strict: bool,
                 if prev is None:
                     img_labels[row], label_line[row] = label, line
             seen[key] = line
-            out = {"text_id": f"{cap_name}:{line}", "caption": cap,
-                   "image_id": ids[row] if row is not None else None}
+            tcols["text_id"].append(f"{cap_name}:{line}")
+            tcols["caption"].append(cap)
+            tcols["image_id"].append(ids[row] if row is not None else None)
             text_img_rows.append(row)
             if has_label:
-                out["label"] = label
+                tcols["label"].append(label)
             for c in meta_cols:
-                out[c] = rec.get(c)
-            text_rows.append(out)
+                tcols[c].append(rec.get(c))
+        del caps, records
 
     images = pd.DataFrame({
         "image_id": pd.Series(ids, dtype=object),
@@ -368,16 +390,11 @@ def _from_tree(root: Path, captions: Path | None, *, strict: bool,
     })
     if has_label:
         images["label"] = pd.Series(img_labels, dtype=object)
-    tcols = {"text_id": [], "caption": [], "image_id": []}
-    if has_label:
-        tcols["label"] = []
-    for c in meta_cols:
-        tcols[c] = []
-    for t, row in zip(text_rows, text_img_rows):
-        if has_label and t["label"] is None and row is not None:
-            t["label"] = img_labels[row]
-        for c in tcols:
-            tcols[c].append(t[c])
+    if has_label:  # a text without its own label gets its image's
+        tl = tcols["label"]
+        for k, row in enumerate(text_img_rows):
+            if tl[k] is None and row is not None:
+                tl[k] = img_labels[row]
     texts = pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in tcols.items()})
     if not len(images) and not len(texts):
         raise _nothing(root_display, col.items)
@@ -423,23 +440,49 @@ def from_folder(images_dir, captions=None, *, strict: bool = False,
 # Zip archives
 # --------------------------------------------------------------------------
 
+DEFAULT_MAX_EXTRACT_BYTES = 4 * 1024 ** 3
+
+
+def max_extract_bytes() -> int:
+    """``CLIPGEOM_MAX_EXTRACT_BYTES`` (default 4 GiB): the absolute cap on the
+    bytes one archive may extract to."""
+    raw = os.environ.get("CLIPGEOM_MAX_EXTRACT_BYTES", "").strip()
+    if not raw:
+        return DEFAULT_MAX_EXTRACT_BYTES
+    try:
+        val = int(raw.replace("_", ""))
+    except ValueError:
+        val = 0
+    if val < 1:
+        raise InputError(f"CLIPGEOM_MAX_EXTRACT_BYTES={raw!r} is not a positive number "
+                         f"of bytes; unset it to use the default "
+                         f"({DEFAULT_MAX_EXTRACT_BYTES:,}).")
+    return val
+
+
 @dataclass(frozen=True)
 class ZipLimits:
     """Caps for zip extraction (zip-bomb and resource guards).
 
-    max_total_uncompressed: bytes written for the whole archive.
+    max_total_uncompressed: bytes written for the whole archive, absolutely
+    (default ``CLIPGEOM_MAX_EXTRACT_BYTES``, 4 GiB).
     max_files: number of files extracted.
-    max_ratio: uncompressed / compressed size of one member; checked for
+    max_ratio: uncompressed / compressed size of one member, checked for
     members bigger than ``ratio_min_bytes`` (small files of one colour can
-    legitimately compress very well).
+    legitimately compress very well); and of the whole extraction against
+    the archive's size once it exceeds ``total_ratio_min_bytes`` (thousands of
+    small highly compressed members are a zip bomb too).
     max_member_bytes: size of one extracted file.
+    free_margin_bytes: free disk space that must remain after extracting.
     """
 
-    max_total_uncompressed: int = 2 * 1024 ** 3
+    max_total_uncompressed: int = field(default_factory=max_extract_bytes)
     max_files: int = 50_000
     max_ratio: float = 200.0
     max_member_bytes: int = 512 * 1024 ** 2
     ratio_min_bytes: int = 1024 ** 2
+    total_ratio_min_bytes: int = 64 * 1024 ** 2
+    free_margin_bytes: int = 256 * 1024 ** 2
 
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -494,12 +537,15 @@ def _check_name(info: zipfile.ZipInfo, where: str) -> list[str]:
 
 
 def _plan(zf: zipfile.ZipFile, where: str, limits: ZipLimits,
-          select=None) -> list[tuple[zipfile.ZipInfo, str]]:
+          select=None, left_out: list | None = None,
+          archive_bytes: int | None = None) -> list[tuple[zipfile.ZipInfo, str]]:
     """Check every member name, then the sizes of the selected files.
 
     Returns (info, relative path) of the files to extract. ``select`` (a
-    function of the relative path) limits the selection; by default every
-    file except ``__MACOSX`` and hidden ones.
+    function of the relative path) limits the selection: True extracts,
+    False skips silently, a string skips with that reason, which is added to
+    ``left_out`` as ``(relative path, reason)``. By default every file except
+    ``__MACOSX`` and hidden ones.
     """
     files: dict[str, zipfile.ZipInfo] = {}
     dirs: set[str] = set()
@@ -530,8 +576,12 @@ def _plan(zf: zipfile.ZipFile, where: str, limits: ZipLimits,
         if select is None:
             if any(_hidden(p) for p in parts):
                 continue
-        elif not select(rel):
-            continue
+        else:
+            verdict = select(rel)
+            if verdict is not True:
+                if isinstance(verdict, str) and left_out is not None:
+                    left_out.append((rel, verdict))
+                continue
         plan.append((info, rel))
     if len(plan) > limits.max_files:
         raise InputError(
@@ -555,7 +605,15 @@ def _plan(zf: zipfile.ZipFile, where: str, limits: ZipLimits,
     if total > limits.max_total_uncompressed:
         raise InputError(
             f"{where}: refused: the files would extract to {total:,} bytes, "
-            f"more than the {limits.max_total_uncompressed:,} allowed."
+            f"more than the {limits.max_total_uncompressed:,} allowed "
+            "(CLIPGEOM_MAX_EXTRACT_BYTES)."
+        )
+    if archive_bytes is not None and total > limits.total_ratio_min_bytes \
+            and total > limits.max_ratio * max(archive_bytes, 1):
+        raise InputError(
+            f"{where}: refused: the files would extract to {total:,} bytes from a "
+            f"{archive_bytes:,}-byte archive ({total / max(archive_bytes, 1):,.0f}:1, "
+            f"more than {limits.max_ratio:g}:1), which looks like a zip bomb."
         )
     return plan
 
@@ -604,35 +662,44 @@ def _stream(zf: zipfile.ZipFile, info: zipfile.ZipInfo, rel: str, dst,
     return total
 
 
-def _check_space(dest: Path, needed: int, where: str) -> None:
+def _check_space(dest: Path, needed: int, where: str, margin: int = 0) -> None:
+    """InputError unless ``needed`` bytes fit under ``dest`` with ``margin``
+    bytes of free space left over (checked before anything is written)."""
     try:
         free = shutil.disk_usage(dest).free
     except OSError:
         return
-    if needed > free:
+    if needed > free - margin:
         raise InputError(
             f"{where}: extracting needs {needed:,} bytes but only {free:,} are "
-            f"free under {dest}."
+            f"free under {dest}, and {margin:,} must stay free. Free some disk "
+            "space or import a smaller archive."
         )
 
 
 def safe_extract(zip_path, dest, *, limits: ZipLimits | None = None,
-                 select=None) -> list[str]:
+                 select=None, left_out: list | None = None) -> list[str]:
     """Extract a zip into the existing, empty folder ``dest``, safely.
 
     Every member name is checked first; the selected files' declared sizes
-    are checked against ``limits``; then each file is streamed with its
-    bytes counted. Hidden files and ``__MACOSX`` are skipped unless
-    ``select`` (a function of the relative path) says otherwise. Returns the
-    extracted relative paths. On error, files already written stay in
-    ``dest`` (callers extract into a fresh folder and remove it).
+    are checked against ``limits`` (per file, in all, and in all against the
+    archive's own size) and against the free disk space less
+    ``limits.free_margin_bytes``; then each file is streamed with its bytes
+    counted. ``select`` (a function of the relative path, see :func:`_plan`)
+    chooses the files; by default all but hidden files and ``__MACOSX``.
+    Members it skips with a reason are appended to ``left_out`` as
+    ``(relative path, reason)``. Returns the extracted relative paths. On
+    error, files already written stay in ``dest`` (callers extract into a
+    fresh folder and remove it).
     """
     limits = limits or ZipLimits()
     zip_path, dest = Path(zip_path), Path(dest)
     where = str(zip_path)
     with _open_zip(zip_path) as zf:
-        plan = _plan(zf, where, limits, select)
-        _check_space(dest, sum(int(i.file_size) for i, _ in plan), where)
+        plan = _plan(zf, where, limits, select, left_out,
+                     archive_bytes=_file_size(zip_path))
+        _check_space(dest, sum(int(i.file_size) for i, _ in plan), where,
+                     limits.free_margin_bytes)
         real_dest = os.path.realpath(dest)
         total = 0
         out = []
@@ -663,7 +730,8 @@ def extract_member(zip_path, member: str, dest, *,
     where = str(zip_path)
     want = "/".join(p for p in member.split("/") if p not in ("", "."))
     with _open_zip(zip_path) as zf:
-        plan = _plan(zf, where, limits, select=lambda rel: rel == want)
+        plan = _plan(zf, where, limits, select=lambda rel: rel == want,
+                     archive_bytes=_file_size(zip_path))
         if not plan:
             names = [i.filename for i in zf.infolist() if not i.is_dir()]
             near = [n for n in names if posixpath.dirname(n) == posixpath.dirname(want)]
@@ -673,7 +741,7 @@ def extract_member(zip_path, member: str, dest, *,
             )
         info, rel = plan[0]
         dest.parent.mkdir(parents=True, exist_ok=True)
-        _check_space(dest.parent, int(info.file_size), where)
+        _check_space(dest.parent, int(info.file_size), where, limits.free_margin_bytes)
         try:
             with replacing(dest) as tmp, open(tmp, "xb") as dst:
                 _stream(zf, info, rel, dst, where, limits, 0)
@@ -684,26 +752,88 @@ def extract_member(zip_path, member: str, dest, *,
     return dest
 
 
+def _file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _member_rel(name: str) -> str:
+    return "/".join(p for p in name.split("/") if p not in ("", "."))
+
+
+def import_selection(names) -> tuple[dict[str, object], str | None]:
+    """Which members of a zip an import extracts: ``(verdicts, top)``.
+
+    Only image files (any depth) and the one captions file are extracted:
+    ``captions.csv/.tsv/.jsonl`` at the top of the archive, or at the top of
+    its single top-level folder ``top`` (None when the images do not all sit
+    in one folder). Verdicts (see :func:`_plan`): True = extract, False =
+    skip silently (hidden files, ``__MACOSX``), a string = skip and list with
+    that reason.
+    """
+    rels = [_member_rel(n) for n in names if not n.endswith("/")]
+    rels = [r for r in rels if r and not any(_hidden(p) for p in r.split("/"))]
+    images = [r for r in rels if posixpath.splitext(r)[1].lower() in IMAGE_EXTENSIONS]
+    caps = [r for r in rels if posixpath.basename(r).lower() in CAPTIONS_NAMES
+            and r.count("/") <= 1]
+    keep = images + caps
+    tops = {r.split("/", 1)[0] for r in keep}
+    top = next(iter(tops)) if len(tops) == 1 and all("/" in r for r in keep) else None
+    img_set = set(images)
+    verdicts: dict[str, object] = {}
+    for r in rels:
+        if r in img_set:
+            verdicts[r] = True
+        elif posixpath.basename(r).lower() in CAPTIONS_NAMES:
+            if posixpath.dirname(r) == (top or ""):
+                verdicts[r] = True
+            else:
+                verdicts[r] = ("a captions file is read only at the top of the archive "
+                               "(or of its single top folder); not extracted.")
+        else:
+            verdicts[r] = (f"not an image ({_EXT_LIST}) nor the captions file; "
+                           "not extracted.")
+    return verdicts, top
+
+
 def _safe_stem(name: str) -> str:
     s = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40].strip("._")
     return s or "zip"
 
 
-def from_zip(zip_path, work_dir, *, limits: ZipLimits = ZipLimits(),
+def from_zip(zip_path, work_dir, *, limits: ZipLimits | None = None,
              strict: bool = False) -> ItemList:
     """Import a zip holding images (any sub-folders) and at most one captions
     file (``captions.csv/.tsv/.jsonl`` at the top level, or at the top of
     the archive's single top-level folder).
 
-    The archive is extracted with :func:`safe_extract` into a new folder
-    inside ``work_dir`` (created if needed); the returned paths point there,
-    so keep ``work_dir`` until the images are embedded. On error the new
-    folder is removed and nothing is written anywhere else.
+    Only the images and that captions file are extracted (see
+    :func:`import_selection`), with :func:`safe_extract` into a new folder
+    inside ``work_dir`` (created if needed); every other member is listed in
+    ``skipped`` with the reason (hidden files and ``__MACOSX`` are ignored
+    silently). The returned paths point into ``work_dir``, so keep it until
+    the images are embedded. On error the new folder is removed and nothing
+    is written anywhere else. ``limits`` defaults to :class:`ZipLimits`
+    (``CLIPGEOM_MAX_EXTRACT_BYTES``).
     """
+    limits = limits or ZipLimits()
     zip_path = Path(zip_path)
     work_dir = Path(work_dir)
     zf = _open_zip(zip_path)  # fail fast (and name the file) before mkdir
-    zf.close()
+    try:
+        for info in zf.infolist():  # unsafe names are refused before anything else
+            _check_name(info, str(zip_path))
+        verdicts, top = import_selection(zf.namelist())
+    finally:
+        zf.close()
+    if not any(v is True for v in verdicts.values()):
+        others = [r for r, v in verdicts.items() if isinstance(v, str)]
+        more = (f" Its {len(others):,} other file(s) (first: {others[0]!r}) are not "
+                "extracted." if others else "")
+        raise InputError(f"{zip_path.name}: no image files ({_EXT_LIST}) and no captions "
+                         f"file in the archive.{more}")
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -711,21 +841,24 @@ def from_zip(zip_path, work_dir, *, limits: ZipLimits = ZipLimits(),
                          f"({exc.strerror or exc}).") from None
     dest = Path(tempfile.mkdtemp(prefix=f"{_safe_stem(zip_path.stem)}-", dir=work_dir))
     try:
-        rels = safe_extract(zip_path, dest, limits=limits)
-        tops = {r.split("/", 1)[0] for r in rels}
-        top = None
-        if len(tops) == 1 and all("/" in r for r in rels):
-            top = tops.pop()
+        left_out: list[tuple[str, str]] = []
+        safe_extract(zip_path, dest, limits=limits,
+                     select=lambda rel: verdicts.get(rel, False), left_out=left_out)
         root = dest / top if top else dest
         disp = f"{zip_path.name}/{top}" if top else zip_path.name
         cap = _find_captions_file(root, disp)
         cap_member = None if cap is None else (f"{top}/{cap.name}" if top else cap.name)
         source = {"kind": "zip", "zip": str(zip_path), "captions": cap_member,
-                  "extracted_to": str(dest)}
-        return _from_tree(root, cap, strict=strict, recursive=True,
-                          root_display=disp,
-                          captions_display=None if cap is None else f"{disp}/{cap.name}",
-                          source=source)
+                  "extracted_to": str(dest), "not_extracted": len(left_out)}
+        prefix = f"{top}/" if top else ""
+        absent = {r[len(prefix):]: why for r, why in left_out if r.startswith(prefix)}
+        items = _from_tree(root, cap, strict=strict, recursive=True,
+                           root_display=disp,
+                           captions_display=None if cap is None else f"{disp}/{cap.name}",
+                           source=source, absent=absent)
+        items.skipped = [Skipped(f"{zip_path.name}/{r}", why)
+                         for r, why in left_out] + items.skipped
+        return items
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise

@@ -18,21 +18,41 @@ def _rows(idx: np.ndarray, limit: int = 5) -> str:
     return f"row{'s' if len(idx) > 1 else ''} {shown}{more}"
 
 
+def check_dtype(dtype, name: str = "embeddings") -> np.dtype:
+    """Raise InputError unless ``dtype`` holds real numbers.
+
+    Refuses object/string/bool dtypes and complex numbers: converting a
+    complex array to float would silently drop its imaginary part. Cheap: a
+    ``.npy`` importer can call it on the header's dtype before reading data.
+    """
+    dt = np.dtype(dtype)
+    if np.issubdtype(dt, np.complexfloating):
+        raise InputError(
+            f"{name}: complex values (dtype {dt}); embeddings must be real numbers, "
+            "and converting would silently drop the imaginary part. Save the real "
+            "array (for example np.save(path, x.real) if the imaginary part is "
+            "meant to be zero)."
+        )
+    if dt.hasobject or not np.issubdtype(dt, np.number):
+        raise InputError(f"{name}: expected numbers, got dtype {dt}.")
+    return dt
+
+
 def embeddings(x, name: str = "embeddings", *, min_rows: int = 2,
                allow_zero: bool = False, dtype=np.float32) -> np.ndarray:
     """Check a 2-D finite embedding matrix and return it as ``dtype``.
 
-    Raises InputError naming ``name`` for: non-numeric or non-2-D input,
-    fewer than ``min_rows`` rows, zero width, NaN/Inf values (with the rows),
-    and all-zero rows unless ``allow_zero`` (their direction is undefined, so
-    cosines and conformity are meaningless for them).
+    Raises InputError naming ``name`` for: non-numeric, complex or non-2-D
+    input, fewer than ``min_rows`` rows, zero width, NaN/Inf values (with the
+    rows), values too large for ``dtype`` (a float64 1e300 would become Inf in
+    float32; with the rows), and all-zero rows unless ``allow_zero`` (their
+    direction is undefined, so cosines and conformity are meaningless for them).
     """
     try:
         arr = np.asarray(x)
     except Exception as exc:  # pragma: no cover - exotic objects
         raise InputError(f"{name}: cannot be read as an array ({exc}).") from None
-    if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
-        raise InputError(f"{name}: expected numbers, got dtype {arr.dtype}.")
+    check_dtype(arr.dtype, name)
     if arr.ndim != 2:
         raise InputError(
             f"{name}: expected a 2-D array [rows, features], got shape {arr.shape}."
@@ -44,13 +64,12 @@ def embeddings(x, name: str = "embeddings", *, min_rows: int = 2,
         raise InputError(
             f"{name}: needs at least {min_rows} rows, got {n}."
         )
-    arr = np.asarray(arr, dtype=dtype)
+    src = arr
+    with np.errstate(over="ignore", invalid="ignore"):
+        arr = np.asarray(arr, dtype=dtype)
     bad = _nonfinite_rows(arr)
     if bad.size:
-        raise InputError(
-            f"{name}: NaN or Inf values in {_rows(bad)} (0-based). "
-            "Remove or re-embed those items."
-        )
+        _raise_nonfinite(src, bad, name, np.dtype(dtype))
     if not allow_zero:
         zero = _zero_rows(arr)
         if zero.size:
@@ -60,6 +79,29 @@ def embeddings(x, name: str = "embeddings", *, min_rows: int = 2,
                 "Remove those items."
             )
     return arr
+
+
+def _raise_nonfinite(src: np.ndarray, bad: np.ndarray, name: str,
+                     dtype: np.dtype) -> None:
+    """Rows non-finite after conversion: NaN/Inf in the input, or finite input
+    values beyond the range of ``dtype`` (overflow to Inf)."""
+    own = np.concatenate([~np.isfinite(np.asarray(src[bad[s:s + 4096]])).all(axis=1)
+                          for s in range(0, bad.size, 4096)])
+    nan_rows, big_rows = bad[own], bad[~own]
+    parts = []
+    if nan_rows.size:
+        parts.append(f"NaN or Inf values in {_rows(nan_rows)} (0-based)")
+    if big_rows.size:
+        first = np.asarray(src[big_rows[0]])
+        big = float(np.max(np.abs(first.astype(np.float64, copy=False))))
+        parts.append(
+            f"values too large for {dtype.name} in {_rows(big_rows)} (0-based; the "
+            f"first, row {int(big_rows[0])}, holds {big:.4g}, and {dtype.name} holds "
+            f"at most {float(np.finfo(dtype).max):.4g} in magnitude)")
+    raise InputError(
+        f"{name}: {'; '.join(parts)}. Remove or re-embed those items"
+        + (", or rescale the array." if big_rows.size else ".")
+    )
 
 
 def _nonfinite_rows(arr: np.ndarray, chunk: int = 65536) -> np.ndarray:

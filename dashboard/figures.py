@@ -87,12 +87,20 @@ def presentation_toggle() -> None:
     where.toggle("Presentation mode", key="presentation_switch", on_change=_present_changed,
                  help="Large fonts, markers and figures; sidebar and toolbar hidden: for "
                       "talks. Kept across pages and in the URL.")
+    st.markdown(_BASE_CSS, unsafe_allow_html=True)
     if on:
         st.query_params[QUERY_KEY] = "1"
         st.markdown(_TALK_CSS, unsafe_allow_html=True)
     elif st.query_params.get(QUERY_KEY) is not None:
         del st.query_params[QUERY_KEY]
 
+
+# Always: metric labels wrap instead of being cut ("SVM accuracy, top two featur...").
+_BASE_CSS = """<style>
+[data-testid='stMetricLabel'] [data-testid='stMarkdownContainer'] p,
+[data-testid='stMetricLabel'] div {white-space: normal; overflow: visible; text-overflow: clip;}
+[data-testid='stMetricLabel'] {height: auto;}
+</style>"""
 
 # Presentation CSS: hide the chrome, enlarge text and metrics, never truncate labels.
 _TALK_CSS = """<style>
@@ -173,12 +181,13 @@ def show(fig: go.Figure, caption: str, *, key: str, height: int = 420,
         kwargs = dict(on_select=on_select, selection_mode=list(selection_mode))
     # theme=None: Streamlit's own chart theme would override the template's fonts.
     event = st.plotly_chart(fig, width="stretch", key=f"chart-{key}", theme=None, **kwargs)
-    c1, c2 = st.columns([4, 1])   # wide enough for the button in half-width layouts
-    c1.caption(caption)
-    # The HTML (plotly.js inlined, ~4 MB) is built only when the user clicks.
-    c2.download_button("HTML", functools.partial(standalone_html, fig),
+    st.caption(caption)
+    # Its own row at its own width: in a third-width column a side-by-side
+    # button was cut to "H...". The HTML (plotly.js inlined, ~4 MB) is built
+    # only when the user clicks.
+    st.download_button("HTML", functools.partial(standalone_html, fig),
                        file_name=f"{_slug(key)}.html", mime="text/html",
-                       key=f"dl-{key}", on_click="ignore",
+                       key=f"dl-{key}", on_click="ignore", icon=":material/download:",
                        help="Download the interactive figure (self-contained, opens offline)")
     return event
 
@@ -187,11 +196,11 @@ def table(df: pd.DataFrame, *, key: str, caption: str | None = None, height=None
     """A dataframe with a CSV download (cells neutralised against formula injection)."""
     kwargs = {} if height is None else {"height": height}
     st.dataframe(df, width="stretch", hide_index=True, **kwargs)
-    c1, c2 = st.columns([4, 1])   # wide enough for the button in half-width layouts
     if caption:
-        c1.caption(caption)
-    c2.download_button("CSV", csv_safe(df).to_csv(index=False), file_name=f"{_slug(key)}.csv",
-                       mime="text/csv", key=f"csv-{key}")
+        st.caption(caption)
+    st.download_button("CSV", functools.partial(lambda d: csv_safe(d).to_csv(index=False), df),
+                       file_name=f"{_slug(key)}.csv", mime="text/csv", key=f"csv-{key}",
+                       on_click="ignore", icon=":material/download:")
 
 
 _BOX = "_controls_box"

@@ -96,7 +96,26 @@ def page_header(title: str):
     figures.presentation_toggle()
     loaded = dataset_picker(figures.open_controls())
     synthetic_banner(loaded)
+    small_data_note(loaded)
     return loaded
+
+
+FEW_ITEMS = 50
+
+
+def small_data_note(loaded: data.Loaded) -> None:
+    """One visible note on every page when the dataset is small for its width:
+    fewer rows than dimensions (covariances are rank-deficient) or very few items."""
+    n = min(loaded.image.shape[0], loaded.text.shape[0])
+    d = loaded.image.shape[1]
+    if n < d:
+        st.info(f"Small dataset: {n:,} items per modality for {d} dimensions. Covariance-"
+                "based numbers (ellipsoid, ODD, whitening, isotropy) rest on a rank-"
+                f"deficient estimate (rank ≤ {max(n - 1, 0)}); treat them as indicative.",
+                icon="ℹ️")
+    elif n < FEW_ITEMS:
+        st.info(f"Small dataset: {n:,} items per modality; distributions and fits rest "
+                "on very few points.", icon="ℹ️")
 
 
 def temperature_input(loaded: data.Loaded, where=None) -> float:

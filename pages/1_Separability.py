@@ -5,7 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from clipgeom import geometry
-from dashboard import figures, shape, ui
+from dashboard import figures, selection, shape, ui
 
 loaded = ui.page_header("separability")
 
@@ -144,8 +144,9 @@ with ui.section("Top two features and a linear SVM"):
                   f"{svm.n_used:,} rows per modality.")
         if svm.n_used < 10:
             st.caption(f"The SVM is fitted on only {svm.n_used} rows per modality.")
-        figures.show(fig, f"Features {f1} and {f2}; linear SVM accuracy {svm.accuracy:.1%}. "
-                          "Double-Ellipsoid Fig. 2 (right).", key="sep-svm", height=460)
+        selection.chart(fig, f"Features {f1} and {f2}; linear SVM accuracy {svm.accuracy:.1%}. "
+                             "Double-Ellipsoid Fig. 2 (right).", key="sep-svm", height=460,
+                        loaded=loaded)
 
 # ---------------------------------------------------------------- offsets
 with ui.section("Features far from zero"):

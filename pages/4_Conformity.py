@@ -13,7 +13,7 @@ import streamlit as st
 
 from clipgeom.errors import InputError
 from clipgeom.safety import plain_markdown
-from dashboard import data, figures, lossconf, shape, ui
+from dashboard import data, figures, lossconf, selection, shape, ui
 
 loaded = ui.page_header("conformity")
 
@@ -105,10 +105,10 @@ with ui.section("Fig. 9: exact vs estimated conformity"):
         fig.update_layout(xaxis_title="cos(m, v) (Eq. 11)",
                           yaxis_title="exact conformity C(v) (Eq. 10)")
         pearson = ", ".join(f"{m} {f.pearson:.4f}" for m, f in fits.items())
-        figures.show(fig, "Double-Ellipsoid Fig. 9: exact conformity (Def. 1) against the "
-                          "cosine to the modality mean, with the least-squares line of Def. 2 "
-                          f"(Pearson: {pearson}; paper: 0.9998 on MS-COCO).",
-                     key="fig9-scatter")
+        selection.chart(fig, "Double-Ellipsoid Fig. 9: exact conformity (Def. 1) against the "
+                             "cosine to the modality mean, with the least-squares line of Def. 2 "
+                             f"(Pearson: {pearson}; paper: 0.9998 on MS-COCO).",
+                        key="fig9-scatter", loaded=loaded)
         if notes:
             st.caption("Sampled for drawing: " + "; ".join(notes) + ".")
 

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from clipgeom import projection
-from dashboard import figures, proj, ui
+from dashboard import figures, proj, selection, ui
 
 loaded = ui.page_header("projections & isotropy")
 
@@ -184,9 +184,9 @@ with ui.section("Joint SVD projection"):
     item_scatter(fig, {"image": jp["image"][idx_i], "text": jp["text"][idx_t]},
                  {"image": idx_i, "text": idx_t}, colours())
     fig.update_layout(xaxis_title="component 1", yaxis_title="component 2")
-    figures.show(fig, f"{ISO} Fig. 8 ({'centred, Fig. 3' if centred else 'uncentred, Fig. 2'}): "
-                 "one SVD of image and text rows stacked; lines join paired rows.",
-                 key="joint-svd", height=520)
+    selection.chart(fig, f"{ISO} Fig. 8 ({'centred, Fig. 3' if centred else 'uncentred, Fig. 2'}): "
+                    "one SVD of image and text rows stacked; lines join paired rows.",
+                    key="joint-svd", height=520, loaded=loaded)
 
     sv = jp["singular_values"]
     fig = go.Figure(go.Scatter(x=np.arange(1, sv.shape[0] + 1), y=sv, mode="lines+markers",
@@ -228,10 +228,10 @@ with ui.section("UMAP"):
         fig = go.Figure()
         item_scatter(fig, {"image": um["image"], "text": um["text"]},
                      {"image": um["image_rows"], "text": um["text_rows"]}, colours())
-        figures.show(fig, f"{ISO} Figs. 14-15: joint UMAP (cosine) of seeded samples of "
-                     f"{um['image'].shape[0]:,} images and {um['text'].shape[0]:,} captions "
-                     "(stored: shipped with the dataset or computed before).",
-                     key="umap", height=480)
+        selection.chart(fig, f"{ISO} Figs. 14-15: joint UMAP (cosine) of seeded samples of "
+                        f"{um['image'].shape[0]:,} images and {um['text'].shape[0]:,} captions "
+                        "(stored: shipped with the dataset or computed before).",
+                        key="umap", height=480, loaded=loaded)
 
 # ---- transform lab -----------------------------------------------------------
 st.subheader("Transform lab (Sec. 4.2-4.3, Table 2, Figs. 9-13)")

@@ -226,3 +226,21 @@ def test_sigkilled_process_resumes_to_identical_arrays(tiny_model_config, image_
     full = job.run("whole", ingest.from_folder(root, caps), spec, _opts())
     np.testing.assert_array_equal(np.asarray(resumed.image_emb), np.asarray(full.image_emb))
     np.testing.assert_array_equal(np.asarray(resumed.text_emb), np.asarray(full.text_emb))
+
+
+def test_checkpoint_load_logs_no_random_init_notice(tiny_model_config, checkpoint, caplog):
+    """open_clip logs "No pretrained weights loaded ... initialized randomly"
+    while building the model a checkpoint is loaded into; that is not true of
+    the result, so it is dropped, and only then (issue 10)."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    embed.load_model(embed.ModelSpec(str(tiny_model_config), checkpoint=str(checkpoint)), "cpu")
+    assert "No pretrained weights loaded" not in caplog.text
+    assert "initialized randomly" not in caplog.text
+    caplog.clear()
+    embed.load_model(embed.ModelSpec(str(tiny_model_config)), "cpu")   # truly random
+    assert "No pretrained weights loaded" in caplog.text
+    # The filter is removed afterwards: other warnings still get through.
+    logging.getLogger().warning("No pretrained weights loaded: later, unrelated")
+    assert "later, unrelated" in caplog.text

@@ -346,9 +346,15 @@ def test_zip_round_trip_matches_folder(tmp_path):
     ref = from_folder(src)
     assert il.images.drop(columns="path").equals(ref.images.drop(columns="path"))
     assert il.texts.equals(ref.texts)
-    assert [s.reason for s in il.skipped] == [s.reason for s in ref.skipped]
-    assert il.skipped[0].item == "photos.zip/photos/empty.jpg"
-    assert il.skipped[1].item == "photos.zip/photos/captions.csv:5"
+    # Members that are neither images nor the captions file are not extracted;
+    # they are listed first, with the reason (hidden files silently ignored).
+    not_extracted = [s for s in il.skipped if s.reason.endswith("not extracted.")]
+    assert [s.item for s in not_extracted] == ["photos.zip/photos/notes.txt"]
+    assert il.source["not_extracted"] == 1
+    rest = il.skipped[len(not_extracted):]
+    assert [s.reason for s in rest] == [s.reason for s in ref.skipped]
+    assert rest[0].item == "photos.zip/photos/empty.jpg"
+    assert rest[1].item == "photos.zip/photos/captions.csv:5"
     assert il.root.parent.parent == work.absolute() and il.root.name == "photos"
     for p in il.images["path"]:
         assert Path(p).is_file() and Path(p).is_relative_to(work.absolute())

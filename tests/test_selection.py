@@ -2,6 +2,8 @@
 the rest, over-represented tokens and subsets saved as datasets (checked
 against direct counting)."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -125,3 +127,77 @@ def test_selection_url_round_trip():
     assert selection.decode_rows("garbage", "joint-svd", {"image": 1, "text": 1}) is None
     big = {"image": np.arange(selection.URL_MAX_ROWS + 1), "text": np.zeros(0, int)}
     assert selection.encode_rows("k", big) is None
+
+
+# ---------------------------------------------------------------- the panel (AppTest)
+def _panel_app(rows_image, rows_text, key="t"):
+    """A script drawing the selection panel for given rows of the demo dataset,
+    selected through a synthetic plotly selection event."""
+    import numpy as np
+    import plotly.graph_objects as go
+
+    from dashboard import data, selection
+
+    loaded = data.open_dataset("demo")
+    fig = go.Figure([go.Scattergl(x=[0], y=[0], name="image"),
+                     go.Scattergl(x=[0], y=[0], name="text")])
+    event = {"selection": {"points":
+             [{"curve_number": 0, "customdata": int(r)} for r in rows_image]
+             + [{"curve_number": 1, "customdata": int(r)} for r in rows_text]}}
+    rows = selection.rows_from_event(event, fig)
+    selection.panel(loaded, rows, key=key)
+
+
+HAS_DEMO = (Path(__file__).resolve().parent.parent / "assets" / "demo" / "manifest.json").exists()
+
+
+@pytest.mark.skipif(not HAS_DEMO, reason="the bundled demo is not built")
+def test_selection_panel_numbers_match_direct_computation(bundled_home):
+    from streamlit.testing.v1 import AppTest
+
+    ds = store.open_dataset("demo")
+    img = np.asarray(ds.image_emb, dtype=np.float64)
+    picked = [3, 10, 11, 250, 999]
+    at = AppTest.from_function(_panel_app, args=(picked, []), default_timeout=120).run()
+    assert not at.exception and not at.error
+    assert any("Selection: 5 image(s), 0 caption(s)" in m.value for m in at.markdown)
+    contrast = at.dataframe[0].value
+    norms = np.linalg.norm(img, axis=1)
+    row = contrast[contrast["measure"] == "mean norm"].iloc[0]
+    mask = np.isin(np.arange(len(img)), picked)
+    assert row["selected"] == pytest.approx(norms[mask].mean(), rel=1e-6)
+    assert row["rest"] == pytest.approx(norms[~mask].mean(), rel=1e-6)
+    u = img / norms[:, None]
+    conf = (u @ u.sum(0) - 1) / (len(u) - 1)
+    row = contrast[contrast["measure"] == "mean conformity"].iloc[0]
+    assert row["selected"] == pytest.approx(conf[mask].mean(), rel=1e-5)
+    # over-represented metadata: the selected images' main shapes are counted
+    over = at.dataframe[1].value
+    tok = over.iloc[0]["token"]
+    col, val = tok.split("=", 1)
+    in_sel = sum(val in str(v).split(",") for v in ds.images[col].iloc[picked])
+    assert over.iloc[0]["selected"] == in_sel
+    assert len(at.get("imgs")) >= 1 or len(at.get("image")) >= 1
+
+
+@pytest.mark.skipif(not HAS_DEMO, reason="the bundled demo is not built")
+def test_one_clicked_item_shows_its_nearest_neighbours(bundled_home):
+    from streamlit.testing.v1 import AppTest
+
+    ds = store.open_dataset("demo")
+    img = np.asarray(ds.image_emb, dtype=np.float64)
+    txt = np.asarray(ds.text_emb, dtype=np.float64)
+    at = AppTest.from_function(_panel_app, args=([42], []), default_timeout=120).run()
+    assert not at.exception and not at.error
+    tables = [d.value for d in at.dataframe]
+    nn_img, nn_txt = tables[-2], tables[-1]
+    q = img[42] / np.linalg.norm(img[42])
+    cos_i = img @ q / np.linalg.norm(img, axis=1)
+    cos_i[42] = -np.inf
+    assert nn_img["row"].tolist() == np.argsort(-cos_i, kind="stable")[:5].tolist()
+    cos_t = txt @ q / np.linalg.norm(txt, axis=1)
+    assert nn_txt["row"].tolist() == np.argsort(-cos_t, kind="stable")[:5].tolist()
+    assert nn_txt["cosine"].iloc[0] == pytest.approx(cos_t.max(), rel=1e-6)
+    texts = [t.value for t in at.text]
+    iid = ds.images["image_id"].iloc[42]
+    assert set(ds.texts.loc[ds.texts["image_id"] == iid, "caption"]) <= set(texts)

@@ -102,7 +102,7 @@ def build_demo(model_dir: Path = MODEL_DIR, out_dir: Path = DEMO_DIR, n: int = 3
             extra_arrays=extras, home=tmp / "home")
         staged = out_dir.with_name(out_dir.name + ".new")
         shutil.rmtree(staged, ignore_errors=True)
-        shutil.copytree(final.path, staged)
+        shutil.copytree(final.path, staged, ignore=shutil.ignore_patterns(".readers"))
         shutil.rmtree(staged / "cache", ignore_errors=True)   # thumbnails' cache etc.
         # FAISS indexes ship with the demo (exact, ~0.8 MB each); the index
         # metadata holds the fingerprint, which does not depend on the name.
@@ -123,4 +123,7 @@ def build_demo(model_dir: Path = MODEL_DIR, out_dir: Path = DEMO_DIR, n: int = 3
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staged.rename(out_dir)
+    if out_dir.parent.resolve() == Path(store.ASSETS_DIR).resolve():
+        from .ship_umap import ship_umap     # the Projections page's default UMAP ships too
+        ship_umap(out_dir.name)
     return out_dir

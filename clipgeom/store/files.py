@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tokenize
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +86,8 @@ def load_npy(path: Path):
     """
     try:
         shape, _, dtype = npy_header(path)
-    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError,
+            MemoryError, RecursionError) as exc:   # numpy parses the header as Python
         return None, f"corrupt: {exc}"
     if dtype.hasobject:
         return None, "pickled"

@@ -192,18 +192,24 @@ def owned_folder(root: Path, prefix: str):
     import tempfile
 
     root = Path(root)
+    fd, path = None, None
     try:
         root.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+        # Locked under a name the sweep ignores, then renamed: a sweeper can
+        # never see the folder between its creation and its lock.
+        hidden = Path(tempfile.mkdtemp(prefix=f".creating-{prefix}", dir=root))
+        if fcntl is not None:
+            fd = os.open(hidden / OWNER, os.O_CREAT | os.O_RDWR, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        path = root / hidden.name[len(".creating-"):]
+        os.rename(hidden, path)
     except OSError as exc:
+        if fd is not None:
+            os.close(fd)
         raise DatasetError(f"Cannot create a working folder in {root} "
                            f"({exc.strerror or exc}); check free space and permissions "
                            "(or set CLIPGEOM_HOME to a writable folder).") from None
-    fd = None
     try:
-        if fcntl is not None:
-            fd = os.open(path / OWNER, os.O_CREAT | os.O_RDWR, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
@@ -220,8 +226,17 @@ def sweep_owned(root: Path, prefix: str, grace_s: float = 3600) -> list[str]:
     gone = []
     try:
         entries = [p for p in Path(root).iterdir() if p.is_dir() and p.name.startswith(prefix)]
+        creating = [p for p in Path(root).iterdir()
+                    if p.is_dir() and p.name.startswith(f".creating-{prefix}")]
     except OSError:
         return gone
+    for p in creating:                       # killed between mkdtemp and rename
+        try:
+            if time.time() - p.stat().st_mtime > 60:
+                shutil.rmtree(p, ignore_errors=True)
+                gone.append(p.name)
+        except OSError:
+            pass
     for p in entries:
         owner = p / OWNER
         if fcntl is None:
