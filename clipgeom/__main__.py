@@ -119,6 +119,24 @@ def _cmd_conformity(args) -> int:
     return 0
 
 
+def _cmd_verify(args) -> int:
+    """Re-hash every file of the dataset(s) against the manifest; exit 2 on the first mismatch."""
+    from . import store
+
+    names = args.names or [r["name"] for r in store.list_datasets()]
+    bad = 0
+    for name in names:
+        try:
+            ds = store.verify_dataset(name)
+        except ClipgeomError as exc:
+            print(f"{name:24s} FAILED: {exc}")
+            bad += 1
+        else:
+            print(f"{name:24s} ok: {ds.n_images} images, {ds.n_texts} texts, every file "
+                  f"matches its sha256 (version {ds.version or 'flat'})")
+    return 2 if bad else 0
+
+
 def _cmd_delete(args) -> int:
     from . import store
 
@@ -432,6 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images-url", default=None, help=argparse.SUPPRESS)
     _add_job_args(s)
     s.set_defaults(func=_cmd_demo_coco, pretrained="openai")
+
+    s = sub.add_parser("verify", help="re-hash every file of datasets against their manifests")
+    s.add_argument("names", nargs="*", help="dataset names (default: all)")
+    s.set_defaults(func=_cmd_verify)
 
     s = sub.add_parser("delete", help="delete a user dataset")
     s.add_argument("name")

@@ -29,10 +29,16 @@ with figures.controls(), ui.section("Controls"):
     step = st.number_input("α step", min_value=0.01, max_value=1.0, value=0.1, step=0.05,
                            format="%.2f", key="alpha_step")
     temperature = ui.temperature_input(loaded, st)
-    modality = st.radio("Which modality moves (Fig. 6)", ["image", "text", "both"],
+    moves = ["image", "text", "both"]
+    modality = st.radio("Which modality moves (Fig. 6)", moves,
+                        index=moves.index(ui.url_value("alpha_modality", "image", str))
+                        if ui.url_value("alpha_modality", "image", str) in moves else 0,
                         horizontal=True, key="alpha_modality",
                         help="image: Eq. 9; text: Eq. 14; both, each by its own mean: Eq. 15.")
-    kl_modality = st.radio("Which modality moves (Fig. 11)", ["both", "image", "text"],
+    kl_moves = ["both", "image", "text"]
+    kl_modality = st.radio("Which modality moves (Fig. 11)", kl_moves,
+                           index=kl_moves.index(ui.url_value("kl_modality", "both", str))
+                           if ui.url_value("kl_modality", "both", str) in kl_moves else 0,
                            horizontal=True, key="kl_modality",
                            help="The paper's Fig. 11 shifts both modalities, each by its "
                                 "own mean (Eq. 15).")
@@ -41,6 +47,8 @@ with figures.controls(), ui.section("Controls"):
                                 help="A seeded sample of at most this many pairs "
                                      "(one caption per image).")
 
+ui.url_keep("alpha_modality", modality)     # a copied link reopens this view
+ui.url_keep("kl_modality", kl_modality)
 alphas = lossconf.alpha_grid(float(lo), float(hi), float(step))
 grid_ok = len(alphas) <= lossconf.MAX_ALPHAS
 hover = "α=%{x:.2f}<br>%{fullData.name}=%{y:.4f}<extra></extra>"

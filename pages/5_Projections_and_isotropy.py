@@ -39,16 +39,21 @@ def remembered(key: str, default, lo, hi) -> None:
 # ---- controls ------------------------------------------------------------------
 ctl = figures.controls()
 ctl.markdown("**Joint projection**")
-centred = ctl.toggle("Centre before the SVD", value=False, key="proj_center",
+centred = ctl.toggle("Centre before the SVD", value=ui.url_value("proj_center", False),
+                     key="proj_center",
                      help="Off: the uncentred SVD shows the cone (Fig. 2); on: PCA (Fig. 3).")
-normalize = ctl.toggle("L2-normalise rows first", value=True, key="proj_normalize",
+normalize = ctl.toggle("L2-normalise rows first", value=ui.url_value("proj_normalize", True),
+                       key="proj_normalize",
                        help="The paper normalises embeddings before projecting.")
 colour_kind = {"modality": "modality"}
 with ui.section("Colour by"):
     colour_kind = proj.colour_options(fp, loaded)
 if st.session_state.get("proj_colour") not in colour_kind:
     st.session_state.pop("proj_colour", None)
+url_colour = ui.url_value("proj_colour", "modality", str)
 colour_by = ctl.selectbox("Colour by", list(colour_kind), key="proj_colour",
+                          index=list(colour_kind).index(url_colour)
+                          if url_colour in colour_kind else 0,
                           help="Modality, exact conformity, the raw norm, or any column of the "
                                "dataset's images / texts tables (a caption takes its image's "
                                "value and an image its first caption's). Numbers share one "
@@ -56,6 +61,9 @@ colour_by = ctl.selectbox("Colour by", list(colour_kind), key="proj_colour",
 n_lines = ctl.slider("Pair lines", 0, 300, 300, step=50,
                      key="proj_lines",
                      help="Thin lines join this many sampled image-text pairs (Fig. 8).")
+for _key, _value in (("proj_center", centred), ("proj_normalize", normalize),
+                     ("proj_colour", colour_by)):
+    ui.url_keep(_key, _value)        # a copied link reopens this view
 
 
 def few_note(n: int, what: str) -> None:

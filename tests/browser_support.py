@@ -92,14 +92,14 @@ def wait_for_run(page, timeout_s=240):
     page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_s * 1000)
     deadline = time.time() + timeout_s
     quiet = 0
-    time.sleep(1.0)
+    time.sleep(0.6)
     while time.time() < deadline:
         busy = (page.locator('[data-testid="stStatusWidget"]').count()
                 + page.locator('[data-testid="stSkeleton"]').count())
         quiet = quiet + 1 if busy == 0 else 0
         if quiet >= 2:
             return
-        time.sleep(0.5)
+        time.sleep(0.3)
     raise AssertionError("the app was still running after the timeout")
 
 

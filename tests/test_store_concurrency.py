@@ -302,3 +302,29 @@ def test_every_writer_path_gives_a_clear_message_on_an_unwritable_home(tmp_path,
         with store.writer_lock("x", "test"):
             pass
     assert store.list_datasets() == [] or all(r["read_only"] for r in store.list_datasets())
+
+
+def test_cli_verify_names_an_altered_array(clipgeom_home):
+    ds = store.create_dataset("ok", emb(3), emb(3))
+    bad = store.create_dataset("bad", emb(3), emb(3))
+    p = bad.path / "image_emb.npy"
+    a = np.load(p)
+    a[1, 2] += 1                       # same size, new content
+    np.save(p, a)
+    env = dict(os.environ, CLIPGEOM_HOME=str(clipgeom_home), PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "clipgeom", "verify"], capture_output=True,
+                         text=True, env=env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "ok " in out.stdout.split("\n")[[n.split()[0] for n in out.stdout.splitlines()
+                                             ].index("ok")]
+    assert "bad" in out.stdout and "image_emb.npy" in out.stdout and "FAILED" in out.stdout
+    assert ds.fingerprint
+
+
+def test_a_name_with_a_trailing_newline_is_refused(clipgeom_home):
+    from clipgeom.errors import InputError
+
+    with pytest.raises(InputError, match="Invalid dataset name"):
+        store.create_dataset("abc\n", emb(3), emb(3))
+    assert not (clipgeom_home / "datasets").exists() or \
+        not any((clipgeom_home / "datasets").iterdir())

@@ -139,3 +139,39 @@ def test_standalone_html_has_plotly_inline():
     html = figures.standalone_html(go.Figure(go.Scatter(x=[1], y=[2])))
     assert "<script src=" not in html
     assert len(html) > 1_000_000                       # plotly.js itself is inside
+
+
+@pytest.mark.skipif(not HAS_DEMO, reason="the bundled demo is not built")
+@pytest.mark.parametrize("page", ["app.py", "pages/9_Talk.py"])
+def test_every_control_of_home_and_talk_once(bundled_home, page):
+    from tests.apptest_helpers import walk_controls
+
+    at = AppTest.from_file(str(ROOT / page), default_timeout=300).run()
+    changed = []
+    for label, _ in walk_controls(at):
+        changed.append(label)
+        assert not at.exception, (label, at.exception)
+        assert not at.error, (label, [e.value for e in at.error])
+    if page == "app.py":
+        assert any(lab.startswith("Temperature") for lab in changed)
+
+
+def test_a_copied_link_reopens_the_projection_view(clipgeom_home):
+    """The URL carries the page's key parameters: a new session with the same
+    query string opens with the same controls."""
+    page = str(ROOT / "pages" / "5_Projections_and_isotropy.py")
+    at = AppTest.from_file(page, default_timeout=300)
+    at.session_state["dataset"] = data.SYNTHETIC
+    at.run()
+    at.toggle(key="proj_center").set_value(True).run()
+    at.selectbox(key="proj_colour").set_value("norm").run()
+    link = dict(at.query_params)
+    assert link["proj_center"] == "1" and link["proj_colour"] == "norm"
+    again = AppTest.from_file(page, default_timeout=300)
+    for k, v in link.items():
+        again.query_params[k] = v
+    again.run()
+    assert not again.exception and not again.error
+    assert again.session_state["dataset"] == data.SYNTHETIC
+    assert again.toggle(key="proj_center").value is True
+    assert again.selectbox(key="proj_colour").value == "norm"
