@@ -24,7 +24,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-import shapeloss_helpers as helpers  # noqa: E402
+import apptest_helpers as helpers  # noqa: E402
 
 PAGES = ["1_Separability.py", "2_Thin_shell_and_ellipsoid.py",
          "3_Alpha_shift_and_loss.py", "4_Conformity.py"]
@@ -82,7 +82,7 @@ def main(pages: list[str]) -> None:
             _T0[0] = time.perf_counter()
 
         _T0[0] = time.perf_counter()
-        helpers.change_every_control(at, timings=timings, skip=("dataset_select",),
+        helpers.change_every_control(at, timings=timings, buttons=True,
                                      before_run=before_run)
         before_run()
         for n, (key, s) in enumerate(timings):

@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import conformity, geometry, loss, projection
+from . import conformity, geometry, loss, measures, projection
 from ._atomic import replacing
 from .errors import DatasetError
 
@@ -55,6 +55,7 @@ def _modality_section(x: np.ndarray, summary: geometry.ModalitySummary,
     odd = geometry.off_diagonal_dominance(summary.cov)
     fit = conformity.fit_conformity(x)
     iso = projection.isotropy(x)
+    lam = measures.covariance_eigenvalues(summary.cov)
     return {
         "n": summary.n,
         "mean_norm": shell.mean_norm,
@@ -76,6 +77,13 @@ def _modality_section(x: np.ndarray, summary: geometry.ModalitySummary,
                        "theory_a": fit.theory_a, "a_paper": fit.a_paper,
                        "b_paper": fit.b_paper, "theory_a_paper": fit.theory_a_paper},
         "isotropy": iso,
+        # RankMe (Garrido et al. 2023) and the participation ratio, centred rows
+        "effective_rank": measures.effective_rank_from_eigenvalues(lam),
+        "participation_ratio": measures.participation_ratio_from_eigenvalues(lam),
+        "effective_rank_note": (f"{summary.n} rows in {x.shape[1]} dimensions: the rank is "
+                                f"at most {summary.n - 1}" if summary.n <= x.shape[1] else ""),
+        # whitened likelihood (Betser, Levi & Gilboa 2025) vs exact conformity
+        "likelihood": measures.likelihood_section(x, summary, fit.exact),
     }
 
 
@@ -144,8 +152,13 @@ def build_report(image: np.ndarray, text: np.ndarray, pair_image_rows: np.ndarra
     rep["image"] = _modality_section(image, s_img, "image")
     say("text shell, ellipsoid, conformity, isotropy")
     rep["text"] = _modality_section(text, s_txt, "text")
-    rep["modality_gap"] = {"centroid_distance": geometry.centroid_distance(s_img, s_txt),
-                           "mean_cosine": geometry.mean_cosine(s_img, s_txt)}
+    say("hubness (exact kNN, within and across modalities)")
+    hub = measures.modality_hubness(image, text, seed=seed)
+    rep["image"]["hubness"] = hub["image"]
+    rep["text"]["hubness"] = hub["text"]
+    say("modality gap, RMG, Fréchet terms")
+    rep["modality_gap"] = _gap_section(image, text, s_img, s_txt, pair_image_rows,
+                                       pair_text_rows)
     say("conformity KL over alpha")
     kls = conformity.conformity_kl_sweep(image, text, alphas)
     rep["conformity_kl"] = {"alpha": kls.alpha, "kl": kls.kl, "at_zero": kls.at_zero,
@@ -153,6 +166,27 @@ def build_report(image: np.ndarray, text: np.ndarray, pair_image_rows: np.ndarra
 
     return _clean(_paired_sections(rep, image, text, pair_image_rows, pair_text_rows,
                                    temperature, alphas, max_pairs, seed, say))
+
+
+def _gap_section(image, text, s_img, s_txt, pair_image_rows, pair_text_rows) -> dict:
+    """Gap measures on all rows and all pairs (Liang et al. 2022; Schrodi et al.
+    2025; the Fréchet distance of the raw embeddings' Gaussians)."""
+    fr = measures.frechet_from_summaries(s_img, s_txt)
+    out = {"centroid_distance": geometry.centroid_distance(s_img, s_txt),
+           "mean_cosine": geometry.mean_cosine(s_img, s_txt),
+           "normalized_centroid_distance": measures.normalized_centroid_distance(image, text),
+           "instance_gap": None, "rmg": None, "rmg_convention": measures.RMG_CONVENTION,
+           "rmg_parts": None,
+           "frechet": {"total": fr.total, "mean_term": fr.mean_term, "cov_term": fr.cov_term,
+                       "space": "raw embeddings, population covariances"}}
+    if len(pair_image_rows) > 0:
+        out["instance_gap"] = measures.instance_gap(image, text, pair_image_rows,
+                                                    pair_text_rows)
+        rmg = measures.relative_modality_gap(image, text, pair_image_rows, pair_text_rows)
+        out["rmg"] = rmg.value
+        out["rmg_parts"] = {"matching": rmg.matching, "intra_image": rmg.intra_image,
+                            "intra_text": rmg.intra_text, "n_pairs": rmg.n_pairs}
+    return out
 
 
 # Sections that depend on neither the temperature nor the pair sample size.
@@ -167,7 +201,7 @@ def _reusable(reuse, image, text, seed, alphas) -> bool:
     try:
         ck = reuse["conformity_kl"]["alpha"]
         return (reuse["n_images"] == image.shape[0] and reuse["n_texts"] == text.shape[0]
-                and reuse["dim"] == image.shape[1]
+                and reuse["dim"] == image.shape[1] and _looks_like_report(reuse)
                 and reuse.get("seed_unpaired", 0) == int(seed)
                 and len(ck) == len(alphas) and np.allclose(ck, alphas))
     except (KeyError, TypeError, ValueError):
@@ -187,7 +221,10 @@ def _paired_sections(rep, image, text, pair_image_rows, pair_text_rows, temperat
         rep["loss"] = None
         rep["alpha_sweep"] = None
         rep["logits"] = None
-        unavailable = {"loss": reason, "alpha_sweep": reason, "logits": reason}
+        rep["cross_modal"] = None
+        unavailable = {"loss": reason, "alpha_sweep": reason, "logits": reason,
+                       "cross_modal": (f"the dataset has {n_pairs} image-caption pair(s); "
+                                       "CKA and mutual-kNN need at least 3")}
     else:
         pick = np.arange(n_pairs)
         if n_pairs > max_pairs:
@@ -206,16 +243,45 @@ def _paired_sections(rep, image, text, pair_image_rows, pair_text_rows, temperat
         rep["logits"] = {k: {"total": r.total, "alignment": r.alignment,
                              "uniformity": r.uniformity, "accuracy_i2t": r.accuracy_i2t,
                              "accuracy_t2i": r.accuracy_t2i} for k, r in geo.items()}
+        rep["cross_modal"] = _cross_modal(vi, vt, seed, n_pairs, say)
+        if rep["cross_modal"] is None:
+            unavailable["cross_modal"] = (f"the dataset has {n_pairs} pairs; CKA and "
+                                          "mutual-kNN need at least 3")
         rep["alpha_sweep"] = {}
         for mod in ("image", "text", "both"):
             say(f"alpha sweep ({mod})")
             rep["alpha_sweep"][mod] = _sweep_dict(
                 loss.alpha_sweep(vi, vt, alphas, mod, temperature))
+    if n_pairs == 0:
+        unavailable["instance_gap"] = unavailable["rmg"] = (
+            "the dataset has no image-caption pairs; the instance gap and RMG compare pairs")
     if norm.get("image") or norm.get("text"):
         unavailable["thin_shell"] = ("input arrived L2-normalised: norm statistics describe "
                                      "the unit sphere, not the raw shell")
     rep["unavailable"] = unavailable
     return rep
+
+
+def _cross_modal(vi, vt, seed, n_pairs, say) -> Optional[dict]:
+    """Paired image rows vs their caption rows on the seeded pair sample:
+    linear CKA (Kornblith et al. 2019), mutual-kNN@k (Huh et al. 2024; it falls
+    with the sample size, so compare at equal n_used) and the Spearman
+    correlation of conformity within each modality's sample."""
+    if len(vi) < 3:
+        return None
+    n_used = min(len(vi), measures.CROSS_SAMPLE)
+    say(f"cross-modal CKA and mutual-kNN on {n_used} pairs")
+    cs = measures.cross_space_similarity(vi, vt, max_rows=measures.CROSS_SAMPLE, seed=seed)
+    notes = []
+    if cs.n_used < n_pairs:
+        notes.append(f"seeded sample (seed {seed}) of {cs.n_used} of {n_pairs} pairs")
+    if cs.k < measures.DEFAULT_K:
+        notes.append(f"k lowered to {cs.k} ({cs.n_used} pairs)")
+    notes.append(measures.MUTUAL_KNN_NOTE)
+    note = "; ".join(notes)
+    return {"cka": cs.cka, "mutual_knn": {"k": cs.k, "value": cs.mutual_knn},
+            "conformity_spearman": cs.conformity_spearman, "n_used": cs.n_used,
+            "sampled": bool(cs.n_used < n_pairs), "note": note}
 
 
 def default_temperature(ds) -> float:
@@ -272,8 +338,14 @@ def stored_report(ds, *, temperature: float = loss.CLIP_TEMPERATURE,
 
 
 def _looks_like_report(rep) -> bool:
+    """A current report: an older one (a cached or shipped file written before
+    the issue-11 measures) lacks their keys and is recomputed."""
     return (isinstance(rep, dict) and rep.get("schema") == SCHEMA
-            and all(isinstance(rep.get(k), dict) for k in ("separability", "image", "text")))
+            and all(isinstance(rep.get(k), dict) for k in ("separability", "image", "text",
+                                                           "modality_gap"))
+            and "rmg" in rep["modality_gap"] and "frechet" in rep["modality_gap"]
+            and all(isinstance(rep[m], dict) and "hubness" in rep[m] and "likelihood" in rep[m]
+                    for m in ("image", "text")))
 
 
 def summary_text(rep: dict) -> str:

@@ -116,6 +116,28 @@ class Whitening:
         return out
 
 
+def _variance_tol(x: np.ndarray) -> float:
+    """Variance below which a principal direction counts as absent (whitening
+    would divide by ~0): 1e-12 of the total variance."""
+    total = float(np.sum(np.var(x, axis=0, ddof=1)))
+    return max(total, np.finfo(np.float64).tiny) * 1e-12
+
+
+def whitening_rank(image, text, train_fraction: float = 0.8, seed: int = 0) -> int:
+    """The largest k that ``evaluate_alignment(..., "whiten", k)`` (shared basis)
+    accepts for these pairs: the number of directions in which the pooled,
+    per-modality-centred train rows vary (isotropy paper Sec. 3.1.3). Below
+    2 (n_train - 1) when rows repeat (e.g. identical captions)."""
+    img = _as64(image, "image embeddings", allow_zero=True)
+    txt = _as64(text, "text embeddings", allow_zero=True)
+    tr, _ = split_indices(img.shape[0], train_fraction, seed)
+    pooled = np.vstack([img[tr] - img[tr].mean(axis=0), txt[tr] - txt[tr].mean(axis=0)])
+    c = np.cov(pooled, rowvar=False) if pooled.shape[1] <= pooled.shape[0] else \
+        (pooled - pooled.mean(0)) @ (pooled - pooled.mean(0)).T / (pooled.shape[0] - 1)
+    ev = np.linalg.eigvalsh(np.atleast_2d(c))
+    return int(min(np.sum(ev > _variance_tol(pooled)), pooled.shape[0] - 1, pooled.shape[1]))
+
+
 def fit_whitening(x, k: Optional[int] = None) -> Whitening:
     """Fit whitening-k on rows ``x`` (isotropy paper Sec. 3.1.3, Table 1-3, Fig. 4).
 
@@ -144,8 +166,7 @@ def fit_whitening(x, k: Optional[int] = None) -> Whitening:
     # than a full SVD of the N x d matrix when N >> d.
     pca = PCA(n_components=k, svd_solver="covariance_eigh").fit(x)
     var = np.asarray(pca.explained_variance_, dtype=np.float64)
-    total = float(np.sum(np.var(x, axis=0, ddof=1)))
-    tol = max(total, np.finfo(np.float64).tiny) * 1e-12
+    tol = _variance_tol(x)
     if var[-1] <= tol:
         r = int(np.sum(var > tol))
         raise InputError(

@@ -225,14 +225,14 @@ def controls():
 
 def gallery(items: list[tuple], *, columns: int = 4) -> None:
     """A grid of (thumbnail path or None, label) cards; labels are user data,
-    shown as plain text (never markdown)."""
-    if presentation_mode():
-        columns = max(2, columns - 1)
+    shown as plain text (never markdown). Thumbnails keep a fixed size (larger
+    in presentation mode) rather than stretching 64-px images across a column."""
+    width = 200 if presentation_mode() else 150
     grid = st.columns(columns)
     for k, (thumb, label) in enumerate(items):
         with grid[k % columns]:
             if thumb is not None:
-                st.image(str(thumb), width="stretch")
+                st.image(str(thumb), width=width)
             st.text(str(label))
 
 

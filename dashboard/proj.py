@@ -294,15 +294,23 @@ def joint_of(fingerprint: str, tag: str, _image: np.ndarray, _text: np.ndarray) 
 def lab_sizes(loaded: data.Loaded, train_fraction: float) -> dict:
     """Pairs the transform lab uses, its train/test split sizes and the largest
     whitening k: whitening is fitted on the train rows of both modalities, each
-    centred by its own mean, i.e. 2 n_train rows of rank <= 2 (n_train - 1), so
-    k <= min(d, 2 (n_train - 1)) (``transforms.fit_whitening``)."""
+    centred by its own mean, i.e. 2 n_train rows of rank <= 2 (n_train - 1), and
+    lower when rows repeat: k_max is that numerical rank (``transforms.whitening_rank``)."""
     n = int(min(loaded.pair_image_rows.shape[0], MAX_LAB_PAIRS))
     d = int(loaded.image.shape[1])
     if n < 4:
         return {"pairs": n, "train": 0, "test": 0, "k_max": 0, "d": d}
     tr, te = transforms.split_indices(n, train_fraction)
     return {"pairs": n, "train": int(tr.shape[0]), "test": int(te.shape[0]), "d": d,
-            "k_max": int(max(1, min(d, 2 * (tr.shape[0] - 1))))}
+            "k_max": max(1, _whitening_rank(loaded.fingerprint, loaded, float(train_fraction)))}
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _whitening_rank(fingerprint: str, _loaded: data.Loaded, train_fraction: float) -> int:
+    """The numerical rank whitening sees (repeated rows, such as identical
+    captions, lower it below 2 (n_train - 1))."""
+    img, txt, _ = _paired(_loaded, MAX_LAB_PAIRS)
+    return transforms.whitening_rank(img, txt, train_fraction)
 
 
 @st.cache_data(show_spinner="recovering intra-modal similarities…", max_entries=16)

@@ -10,11 +10,12 @@ from scipy.stats import rankdata
 from streamlit.testing.v1 import AppTest
 
 import brute
-from apptest_helpers import arr, figures, metrics
+from apptest_helpers import (IMAGE_BLUE, TEXT_RED, arr, assert_clean, change_every_control,
+                             errors, figure_strings, figures, markup_leaks, metrics, open_page,
+                             wrong_modality_colours)
 from clipgeom import conformity, loss, store, synthetic
 from dashboard import data
-from shapeloss_helpers import (MARKUP_CAPTIONS, change_every_control, errors, figure_strings,
-                               markup_leaks, tiny_dataset, wrong_modality_colours)
+from tiny_data import USER_MARKUP, tiny_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_DEMO = (ROOT / "assets" / "demo" / "manifest.json").exists()
@@ -364,12 +365,12 @@ def test_conformity_scatter_names_rows_and_colours(clipgeom_home, tmp_path):
                                    atol=1e-6)
     fig10 = figs[1]
     colours = {t["name"]: t["marker"]["color"] for t in fig10["data"]}
-    assert colours == {"image": "#1f77b4", "text": "#d62728"}
+    assert colours == {"image": IMAGE_BLUE, "text": TEXT_RED}
     assert all(n <= 20 for n in (len(arr(t["x"])) for t in fig10["data"]))
     # captions are data: escaped in hover text, never markdown
     assert not any("<b>tag</b>" in s for f in figs for s in figure_strings(f))
     assert any("&lt;b&gt;tag&lt;/b&gt;" in s for s in figure_strings(fig9))
-    assert not markup_leaks(at, MARKUP_CAPTIONS + ["**src**"])
+    assert not markup_leaks(at, USER_MARKUP)
 
 
 def test_pages_name_no_colours_of_their_own():
@@ -383,12 +384,12 @@ def test_pages_name_no_colours_of_their_own():
 @pytest.mark.parametrize("page", [LOSS_PAGE, CONF_PAGE], ids=["loss", "conformity"])
 def test_pages_on_20_pairs_then_every_control(clipgeom_home, tmp_path, page):
     tiny_dataset(tmp_path)                              # 20 pairs, d = 64
-    at = AppTest.from_file(page, default_timeout=180).run()
-    assert not at.exception, at.exception
-    assert not errors(at), errors(at)
-    assert not wrong_modality_colours(figures(at))
-    assert not markup_leaks(at, MARKUP_CAPTIONS + ["**src**"])
-    changed = {c.split(":", 1)[1] for c in change_every_control(at)}
+    if page == CONF_PAGE:      # a second stored dataset: "Compare with" has two choices
+        tiny_dataset(tmp_path, "tiny20b", seed=6)
+    at = open_page(page, timeout=180)
+    assert_clean(at)
+    assert not markup_leaks(at, USER_MARKUP)
+    changed = set(change_every_control(at, skip=(), buttons=True))   # the dataset picker last
     want = ({"alpha_range", "alpha_step", "alpha_modality", "kl_modality", "loss_pairs"}
             if page == LOSS_PAGE else
             {"conf_bins", "conf_page_size", "gal_modality", "gal_order", "gal_next",
@@ -399,11 +400,9 @@ def test_pages_on_20_pairs_then_every_control(clipgeom_home, tmp_path, page):
 @pytest.mark.skipif(not HAS_DEMO, reason="the bundled demo is not built")
 @pytest.mark.parametrize("page", [LOSS_PAGE, CONF_PAGE], ids=["loss", "conformity"])
 def test_pages_on_the_demo_then_every_control(bundled_home, page):
-    at = AppTest.from_file(page, default_timeout=300).run()
-    assert not at.exception, at.exception
-    assert not errors(at), errors(at)
-    assert not wrong_modality_colours(figures(at))
-    change_every_control(at, skip=("dataset_select",))
+    at = open_page(page)
+    assert_clean(at)
+    change_every_control(at, buttons=True)
 
 
 def test_a_tiny_conformity_set_gets_a_note_not_an_error(clipgeom_home):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from apptest_helpers import arr, metrics, walk_controls
+from apptest_helpers import SEPARATELY_TESTED, arr, change_every_control, metrics
 from clipgeom import projection, store, synthetic
 from dashboard import data
 
@@ -292,27 +292,53 @@ def test_twenty_pairs_render_every_section(clipgeom_home, d):
     _ok(at)
     assert "umap" in _charts(at)
     if d == 64:
-        changed = [label for label, _ in walk_controls(at)]
+        changed = change_every_control(at, skip=SEPARATELY_TESTED)
         assert not at.exception and not at.error, (changed, [e.value for e in at.error])
         assert len(changed) >= 6
 
 
-def test_a_bad_parameter_shows_its_error_in_its_section_only(clipgeom_home):
-    """Rows of rank 5: whitening to k = 12 divides by zero variance. The transform
-    lab says so; every other section still renders."""
-    _stored("flat", rank=5)
+def test_whitening_k_adapts_to_the_rank_of_the_data(clipgeom_home):
+    """Rows of rank 5: the transform lab offers k up to the rank whitening sees
+    (a remembered k = 12 is pulled back), so no divide-by-zero error appears."""
+    img, txt, _, _ = _stored("flat", rank=5)
     at = AppTest.from_file(PAGE, default_timeout=300)
     at.session_state["dataset"] = "flat"
     at.session_state["lab_k"] = 12
     at.run()
+    _ok(at)
+    from clipgeom import transforms
+    ii, tt = store.open_dataset("flat").pairs()
+    rank = transforms.whitening_rank(img[ii], txt[tt], 0.8)
+    assert rank <= 10                                  # 2 modalities x rank 5
+    assert at.slider(key="lab_k").max == rank and at.slider(key="lab_k").value <= rank
+    assert "lab-after" in _charts(at)
+
+
+def test_a_failing_section_shows_its_error_there_only(clipgeom_home, monkeypatch):
+    """An error raised inside the transform lab is shown in that section; every
+    other section still renders, and the lab comes back once it works."""
+    from clipgeom import transforms
+    from clipgeom.errors import InputError
+
+    _stored("lab-fails", rank=6, seed=11)          # its own fingerprint: no cache hits
+    real = transforms.evaluate_alignment
+
+    def broken(*a, **k):
+        raise InputError("the transform failed on purpose")
+
+    monkeypatch.setattr(transforms, "evaluate_alignment", broken)
+    at = AppTest.from_file(PAGE, default_timeout=300)
+    at.session_state["dataset"] = "lab-fails"
+    at.run()
     assert not at.exception
     errs = [e.value for e in at.error]
-    assert len(errs) == 1 and errs[0].startswith("Transform lab:") and "k <= " in errs[0]
+    assert len(errs) == 1 and errs[0].startswith("Transform lab:") and "on purpose" in errs[0]
     charts = _charts(at)
     assert {"joint-svd", "spectrum", "intra", "intra-curve"} <= set(charts)
     assert not {"lab-before", "lab-after"} & set(charts)
     assert "I1 image (min Z / max Z)" in metrics(at) and "RMS error (off-diagonal)" in metrics(at)
-    at.slider(key="lab_k").set_value(3).run()           # a good value: the lab is back
+    monkeypatch.setattr(transforms, "evaluate_alignment", real)
+    at.slider(key="lab_train").set_value(0.7).run()      # new parameters: computed afresh
     _ok(at)
     assert "lab-after" in _charts(at)
 

@@ -7,9 +7,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import brute
-import tiny20_helpers as t20
-from apptest_helpers import arr, figures
+from apptest_helpers import (arr, change_every_control, errors, figures, markup_leaks,
+                             shown_as_text)
 from clipgeom import embed, geometry, ingest, interpolate, job, search, store
+from tiny_data import MARKUP, USER_MARKUP, tiny_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "pages" / "6_Search_and_interpolation.py")
@@ -136,36 +137,40 @@ def test_page_on_synthetic_data_explains_search(clipgeom_home):
 def test_user_strings_are_shown_literally(clipgeom_home, tmp_path):
     """Captions and ids with markdown (bold, a link, LaTeX) appear verbatim as
     plain text, and no markdown-rendering element carries them unescaped."""
-    t20.make_tiny20(thumbs_dir=tmp_path / "thumbs")
+    tiny_dataset(tmp_path, d=16, thumbs="all", snapshots=True)
     at = AppTest.from_file(PAGE, default_timeout=120)
     at.session_state["dataset"] = "tiny20"
     at.run()
     at.radio(key="search_item_mod").set_value("text").run()          # query: caption 0
-    assert not t20.widget_errors(at)
-    assert t20.shown_as_text(at)
-    assert any(t20.MARKUP in t.value for t in at.text if t.value.startswith("query:"))
-    assert not t20.no_markup_rendered(at), t20.no_markup_rendered(at)
+    assert not errors(at), errors(at)
+    assert shown_as_text(at, MARKUP)
+    assert any(MARKUP in t.value for t in at.text if t.value.startswith("query:"))
+    _no_markup(at)
     at.radio(key="search_item_target").set_value("text").run()
     at.radio(key="interp_mod").set_value("text").run()
     at.number_input(key="interp_b_text").set_value(3).run()          # image 3: markup id
-    assert not t20.widget_errors(at)
-    assert not t20.no_markup_rendered(at), t20.no_markup_rendered(at)
+    assert not errors(at), errors(at)
+    _no_markup(at)
     assert any("end: caption 3" == t.value for t in at.text)
 
 
-def _search_page_controls(at):
-    keys = t20.change_every_control(at, texts={"search_text": "a red circle"})
+def _no_markup(at):
+    assert not markup_leaks(at, USER_MARKUP), markup_leaks(at, USER_MARKUP)
+
+
+def _search_page_controls(at, check=None):
+    keys = change_every_control(at, texts={"search_text": "a red circle"}, check=check)
     assert "interp_alpha" in keys and "blur_scale" in keys and "search_item_mod" in keys
     return keys
 
 
 def test_every_control_on_a_20_pair_dataset(clipgeom_home, tmp_path):
-    t20.make_tiny20(thumbs_dir=tmp_path / "thumbs")
+    tiny_dataset(tmp_path, d=16, thumbs="all", snapshots=True)
     at = AppTest.from_file(PAGE, default_timeout=120)
     at.session_state["dataset"] = "tiny20"
     at.run()
     assert len(figures(at)) == 2
-    keys = _search_page_controls(at)
+    keys = _search_page_controls(at, check=_no_markup)
     assert "interp_leave_out" in keys and "search_k" in keys
 
 
@@ -185,6 +190,6 @@ def test_every_control_on_the_demo(bundled_home):
     img.save(buf, "PNG")
     at.file_uploader(key="search_image").set_value(("**q**.png", buf.getvalue(),
                                                     "image/png")).run()
-    assert not t20.widget_errors(at)
+    assert not errors(at), errors(at)
     assert any(t.value == "**q**.png" for t in at.text)
     assert any("image '**q**.png'" in t.value for t in at.text)

@@ -11,11 +11,12 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from apptest_helpers import arr, figures, metrics
-from shapeloss_helpers import (MARKUP_CAPTIONS, SHARED_CAPTION, change_every_control, errors,
-                               markup_leaks, plain_texts, tiny_dataset, wrong_modality_colours)
+from apptest_helpers import (arr, assert_clean, change_every_control, errors, figures,
+                             markup_leaks, metrics, open_page, plain_texts,
+                             wrong_modality_colours)
 from clipgeom import geometry, store, synthetic
 from dashboard import data
+from tiny_data import SHARED_CAPTION, USER_MARKUP, tiny_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 SEP_PAGE = str(ROOT / "pages" / "1_Separability.py")
@@ -237,7 +238,7 @@ def test_fig14_shows_each_caption_once_with_its_count(clipgeom_home, tmp_path):
     others = sorted(((norms[k], caps[k]) for k in range(len(caps) - 8)), reverse=True)
     assert largest["caption"].tolist()[1:] == [c for _, c in others[:len(largest) - 1]]
     # user strings are data: in tables and plain text, never markdown
-    assert not markup_leaks(at, MARKUP_CAPTIONS + ["**src**"])
+    assert not markup_leaks(at, USER_MARKUP)
 
 
 # -------------------------------------------------------------- tiny data and every control
@@ -266,18 +267,15 @@ def _bars_per_trace(fig):
 @pytest.mark.parametrize("page", [SEP_PAGE, SHELL_PAGE], ids=["separability", "shell"])
 def test_pages_on_20_pairs_then_every_control(clipgeom_home, tmp_path, page):
     tiny_dataset(tmp_path)                              # 20 pairs, d = 64
-    at = AppTest.from_file(page, default_timeout=180).run()
-    assert not at.exception, at.exception
-    assert not errors(at), errors(at)
+    at = open_page(page, timeout=180)
+    assert_clean(at)
     assert any("Fewer items than features" in i.value for i in at.info)
     figs = figures(at)
     assert figs
     for fig in figs:              # no histogram has more bins than the 20 items
         assert all(n <= 20 for n in _bars_per_trace(fig))
-    assert not wrong_modality_colours(figs)
-    assert not markup_leaks(at, MARKUP_CAPTIONS + ["**src**"])
-    changed = change_every_control(at)
-    keys = {c.split(":", 1)[1] for c in changed}
+    assert not markup_leaks(at, USER_MARKUP)
+    keys = set(change_every_control(at, skip=(), buttons=True))    # the dataset picker last
     want = ({"sep_features", "sep_bins", "sep_k_offset"} if page == SEP_PAGE else
             {"shell_bins", "shell_feature_view", "shell_extreme_kind", "shell_extreme_k"})
     assert want <= keys, keys
@@ -330,11 +328,9 @@ HAS_DEMO = (ROOT / "assets" / "demo" / "manifest.json").exists()
 @pytest.mark.skipif(not HAS_DEMO, reason="the bundled demo is not built")
 @pytest.mark.parametrize("page", [SEP_PAGE, SHELL_PAGE], ids=["separability", "shell"])
 def test_pages_on_the_demo_then_every_control(bundled_home, page):
-    at = AppTest.from_file(page, default_timeout=300).run()
-    assert not at.exception, at.exception
-    assert not errors(at), errors(at)
-    assert not wrong_modality_colours(figures(at))
+    at = open_page(page)
+    assert_clean(at)
     if page == SHELL_PAGE:
         for t in (d.value for d in at.dataframe if "caption" in d.value.columns):
             assert t["caption"].is_unique
-    change_every_control(at, skip=("dataset_select",))
+    change_every_control(at, buttons=True)

@@ -8,7 +8,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import brute
-from apptest_helpers import arr, figures
+from apptest_helpers import (IMAGE_BLUE, TEXT_RED, arr, change_every_control, figures,
+                             open_page)
 from clipgeom import store, timeline
 from clipgeom.errors import DatasetError
 
@@ -95,9 +96,7 @@ def test_missing_or_malformed_snapshots_are_named(clipgeom_home, rng):
 def test_timeline_page(clipgeom_home, rng):
     snaps = _snapshots(rng)
     _dataset(snaps)
-    at = AppTest.from_file(PAGE, default_timeout=120)
-    at.session_state["dataset"] = "snappy"
-    at.run()
+    at = open_page(PAGE, "snappy", timeout=120)
     assert not at.exception and not at.error
     charts = figures(at)
     assert len(charts) == 5
@@ -124,9 +123,8 @@ def test_timeline_page_without_snapshots(clipgeom_home):
 
 # ---- colours, selection hooks, isolated sections, small data, every control ----------
 
-import tiny20_helpers as t20  # noqa: E402
-
-BLUE, RED = "#1f77b4", "#d62728"
+from apptest_helpers import markup_leaks  # noqa: E402
+from tiny_data import MARKUP, USER_MARKUP, tiny_dataset  # noqa: E402
 
 
 def test_timeline_colours_and_customdata(clipgeom_home, rng):
@@ -134,28 +132,26 @@ def test_timeline_colours_and_customdata(clipgeom_home, rng):
     item scatters carry each point's row (pair index) in customdata."""
     snaps = _snapshots(rng)
     _dataset(snaps)
-    at = AppTest.from_file(PAGE, default_timeout=120)
-    at.session_state["dataset"] = "snappy"
-    at.run()
+    at = open_page(PAGE, "snappy", timeout=120)
     assert not at.exception and not at.error
     summary, svd, norms, sep, conf = figures(at)
     for tr in summary["data"]:
         colour = tr["line"]["color"]
         if tr["name"].startswith("image"):
-            assert colour == BLUE, tr["name"]
+            assert colour == IMAGE_BLUE, tr["name"]
         elif tr["name"].startswith("text"):
-            assert colour == RED, tr["name"]
+            assert colour == TEXT_RED, tr["name"]
         else:
-            assert colour not in (BLUE, RED), tr["name"]
+            assert colour not in (IMAGE_BLUE, TEXT_RED), tr["name"]
     points = {tr["name"]: tr for tr in svd["data"] if tr.get("mode") == "markers"}
-    assert points["image"]["marker"]["color"] == BLUE
-    assert points["text"]["marker"]["color"] == RED
+    assert points["image"]["marker"]["color"] == IMAGE_BLUE
+    assert points["text"]["marker"]["color"] == TEXT_RED
     for tr in points.values():
         assert arr(tr["customdata"]).astype(int).tolist() == list(range(120))
     for fig in (norms, conf):
         cols = {tr["name"]: tr["marker"]["color"] for tr in fig["data"]}
-        assert cols == {"image": BLUE, "text": RED}
-    assert sep["data"][0]["line"]["color"] not in (BLUE, RED)
+        assert cols == {"image": IMAGE_BLUE, "text": TEXT_RED}
+    assert sep["data"][0]["line"]["color"] not in (IMAGE_BLUE, TEXT_RED)
 
 
 def test_a_broken_snapshot_fails_only_its_section(clipgeom_home, rng):
@@ -164,9 +160,7 @@ def test_a_broken_snapshot_fails_only_its_section(clipgeom_home, rng):
     snaps = _snapshots(rng)
     snaps[0] = (snaps[0][0], snaps[0][1][:10])
     _dataset(snaps, "halfbad")
-    at = AppTest.from_file(PAGE, default_timeout=120)
-    at.session_state["dataset"] = "halfbad"
-    at.run()
+    at = open_page(PAGE, "halfbad", timeout=120)
     assert not at.exception
     assert len(at.error) == 1 and "Across training" in at.error[0].value
     assert "shapes" in at.error[0].value
@@ -174,20 +168,19 @@ def test_a_broken_snapshot_fails_only_its_section(clipgeom_home, rng):
 
 
 def test_timeline_every_control_on_20_pairs(clipgeom_home):
-    t20.make_tiny20()
-    at = AppTest.from_file(PAGE, default_timeout=120)
-    at.session_state["dataset"] = "tiny20"
-    at.run()
+    tiny_dataset(d=16, snapshots=True)                  # 20 pairs, d = 16
+    at = open_page(PAGE, "tiny20", timeout=120)
     assert len(figures(at)) == 5
     assert any("Only 20 snapshot pairs" in c.value for c in at.caption)
-    keys = t20.change_every_control(at)
+    assert not markup_leaks(at, USER_MARKUP), markup_leaks(at, USER_MARKUP)
+    keys = change_every_control(at)
     assert "timeline_step" in keys
     # captions in hover text are escaped, not markup
     at.run()
     svd = [f for f in figures(at) if any(tr.get("name") == "text" and tr.get("mode") ==
                                          "markers" for tr in f["data"])][0]
     text = [tr for tr in svd["data"] if tr.get("name") == "text"][0]["text"][0]
-    assert text.startswith("text of pair 0: ") and t20.MARKUP in text
+    assert text.startswith("text of pair 0: ") and MARKUP in text
 
 
 @pytest.mark.skipif(not (ROOT / "assets" / "demo" / "manifest.json").exists(),
@@ -196,5 +189,5 @@ def test_timeline_every_control_on_the_demo(bundled_home):
     at = AppTest.from_file(PAGE, default_timeout=300).run()
     assert at.session_state["dataset"] == "demo"
     assert len(figures(at)) == 5
-    keys = t20.change_every_control(at)
+    keys = change_every_control(at)
     assert "timeline_step" in keys

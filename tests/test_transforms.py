@@ -298,3 +298,17 @@ def test_recover_intra_similarity_ranks_input_checks():
         T.recover_intra_similarity_ranks(x @ x.T, [0, 2])
     with pytest.raises(InputError, match="square"):
         T.recover_intra_similarity_ranks(np.ones((5, 4)), [1])
+
+
+def test_whitening_rank_is_the_largest_k_whitening_accepts(rng):
+    img = rng.normal(size=(20, 64)) + 3
+    txt = rng.normal(size=(20, 64)) - 1
+    txt[5] = txt[3]                       # a repeated caption lowers the rank
+    txt[7] = txt[3]
+    r = T.whitening_rank(img, txt, 0.8)
+    tr, _ = T.split_indices(20, 0.8)
+    pooled = np.vstack([img[tr] - img[tr].mean(0), txt[tr] - txt[tr].mean(0)])
+    assert r == np.linalg.matrix_rank(pooled)
+    T.evaluate_alignment(img, txt, "whiten", k=r, train_fraction=0.8)
+    with pytest.raises(InputError, match="independent"):
+        T.evaluate_alignment(img, txt, "whiten", k=r + 1, train_fraction=0.8)

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import tiny20_helpers as t20
+from apptest_helpers import change_every_control
 from clipgeom import embed, sample_zip, store, upload
 from clipgeom.errors import DatasetError, InputError
+from tiny_data import tiny_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "pages" / "8_Upload.py")
@@ -325,8 +326,8 @@ def test_each_attempt_replaces_the_previous_result(bundled_home, monkeypatch):
 def test_delete_own_dataset_with_confirmation(bundled_home):
     """Only the user's datasets are offered; the button needs the confirmation;
     after deletion neither picker lists it and the selection falls back to the demo."""
-    t20.make_tiny20()
-    t20.make_tiny20("other", snapshots=False)
+    tiny_dataset(d=16, snapshots=True)
+    tiny_dataset(name="other", d=16)
     at = AppTest.from_file(PAGE, default_timeout=120)
     at.session_state["dataset"] = "tiny20"
     at.run()
@@ -352,18 +353,18 @@ def test_delete_own_dataset_with_confirmation(bundled_home):
 
 
 def _upload_controls(at):
-    keys = t20.change_every_control(at, texts={"upload_name": "x"})
+    keys = change_every_control(at, texts={"upload_name": "x"})
     assert {"upload_kind", "upload_overwrite", "upload_name"} <= set(keys)
     # the last kind (precomputed arrays) hides the model choice: go back for it
     at.radio(key="upload_kind").set_value("Images + captions file").run()
-    keys += t20.change_every_control(at, skip=("dataset_select", *keys),
-                                     texts={"upload_arch": "RN50", "upload_tag": "openai"})
+    keys += change_every_control(at, skip=("dataset_select", *keys),
+                                 texts={"upload_arch": "RN50", "upload_tag": "openai"})
     assert "upload_arch" in keys or not HAS_DEMO_MODEL
     return keys
 
 
 def test_upload_page_every_control_with_a_20_pair_dataset(clipgeom_home):
-    t20.make_tiny20()
+    tiny_dataset(d=16, snapshots=True)
     at = AppTest.from_file(PAGE, default_timeout=120)
     at.session_state["dataset"] = "tiny20"
     at.run()
