@@ -81,8 +81,11 @@ with ui.section("Across training"):
 # ------------------------------------------------------------------ one step
 with ui.section("One step"):
     st.subheader("One step")
-    step = st.select_slider("Training step", options=steps, value=steps[-1],
+    url_step = ui.url_value("timeline_step", steps[-1], int)
+    step = st.select_slider("Training step", options=steps,
+                            value=url_step if url_step in steps else steps[-1],
                             key="timeline_step")
+    ui.url_keep("timeline_step", step)           # a copied link reopens this step
     v = snapshots.views(fp, loaded.name, int(step))
     proj = v["proj"]
     n_pairs = len(proj.image_coords)

@@ -171,3 +171,14 @@ def test_a_copied_link_reopens_the_projection_view(clipgeom_home):
     assert again.session_state["dataset"] == data.SYNTHETIC
     assert again.toggle(key="proj_center").value is True
     assert again.selectbox(key="proj_colour").value == "norm"
+
+
+@pytest.mark.skipif(not HAS_DEMO, reason="the bundled demo is not built")
+def test_a_link_reopens_the_timeline_step(bundled_home):
+    page = str(ROOT / "pages" / "7_Training_timeline.py")
+    at = AppTest.from_file(page, default_timeout=300)
+    at.query_params["timeline_step"] = "150"
+    at.run()
+    assert not at.exception and not at.error
+    assert at.select_slider(key="timeline_step").value == 150
+    assert at.query_params["timeline_step"] == "150"
