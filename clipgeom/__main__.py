@@ -97,6 +97,22 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from . import compare
+
+    progress = None if (args.quiet or args.json) else \
+        (lambda m: print(f"... {m}", file=sys.stderr))
+    cmp = compare.compare(args.names, temperature=args.temperature,
+                          max_pairs=args.max_pairs, k=args.k, seed=args.seed,
+                          progress=progress)
+    if args.json:
+        json.dump(cmp.to_json(), sys.stdout, allow_nan=False)
+        sys.stdout.write("\n")
+    else:
+        print(compare.format_table(cmp))
+    return 0
+
+
 def _cmd_conformity(args) -> int:
     from . import conformity, store
 
@@ -377,6 +393,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
     s.set_defaults(func=_cmd_report)
+
+    s = sub.add_parser("compare", help="compare datasets or training snapshots side by side")
+    s.add_argument("names", nargs="+", metavar="NAME",
+                   help="two or more datasets; NAME@STEP for a training snapshot (demo@2000)")
+    s.add_argument("--json", action="store_true",
+                   help="print one JSON object (schema clipgeom.compare/1)")
+    s.add_argument("--temperature", type=float, default=None,
+                   help="softmax temperature for every side (default: each model's own)")
+    s.add_argument("--max-pairs", type=int, default=5000,
+                   help="pairs per loss batch and aligned rows per cross-space sample")
+    s.add_argument("-k", type=int, default=10, help="neighbours for mutual-kNN")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    s.set_defaults(func=_cmd_compare)
 
     s = sub.add_parser("conformity", help="per-item conformity as CSV")
     s.add_argument("name")
