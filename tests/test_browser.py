@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny_data import world_zip
 from tests.browser_support import (ARTIFACTS, ROOT, assert_no_errors, launch, need_browser,
                                    serve, wait_for_run)
 
@@ -74,20 +75,7 @@ def test_every_page_renders_without_errors(app_url, browser, stem, url_path):
 
 def _demo_zip(path: Path) -> Path:
     """Six generated scenes and their captions, in the pipeline's zip layout."""
-    import zipfile
-
-    from clipgeom.demo import world as W
-
-    w = W.generate(6, seed=42)
-    with zipfile.ZipFile(path, "w") as zf:
-        rows = ["image,caption"]
-        for i in range(len(w)):
-            import io
-            buf = io.BytesIO()
-            w.image(i).save(buf, format="PNG")
-            zf.writestr(f"scenes/scene{i}.png", buf.getvalue())
-            rows.append(f"scene{i}.png,{w.captions[i]}")
-        zf.writestr("scenes/captions.csv", "\n".join(rows) + "\n")
+    path.write_bytes(world_zip(6, seed=42, folder="scenes"))
     return path
 
 

@@ -11,14 +11,13 @@ opens the selection panel. A screenshot per step lands in test-artifacts/journey
 
 from __future__ import annotations
 
-import io
 import re
 import urllib.parse
-import zipfile
 from pathlib import Path
 
 import pytest
 
+from tests.tiny_data import world_zip
 from tests.browser_support import (ARTIFACTS, ROOT, assert_no_errors, launch, need_browser,
                                    serve, wait_for_run)
 
@@ -40,19 +39,7 @@ MAX_CONTROLS = 5
 
 def _tiny_zip(n: int = 20) -> bytes:
     """n generated scenes and their captions, as a user's zip."""
-    from clipgeom.demo import world as W
-
-    w = W.generate(n, seed=7)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        rows = ["image,caption"]
-        for i in range(len(w)):
-            im = io.BytesIO()
-            w.image(i).save(im, format="PNG")
-            zf.writestr(f"set/scene{i}.png", im.getvalue())
-            rows.append(f"scene{i}.png,{w.captions[i]}")
-        zf.writestr("set/captions.csv", "\n".join(rows) + "\n")
-    return buf.getvalue()
+    return world_zip(n, seed=7)
 
 
 @pytest.fixture(scope="module")

@@ -86,3 +86,24 @@ def tiny_dataset(tmp_path=None, name: str = "tiny20", *, n: int = 20, d: int = 6
     store.create_dataset(name, image, text, images, texts, thumbs_dir=thumbs_dir,
                          extra_arrays=extras, extra_manifest=manifest)
     return image, text, caps
+
+
+def world_zip(n: int, seed: int, folder: str = "set") -> bytes:
+    """``n`` scenes of the demo's generated world and their captions, zipped
+    the way a user uploads them (``folder/sceneK.png`` + ``folder/captions.csv``)."""
+    import io
+    import zipfile
+
+    from clipgeom.demo import world as W
+
+    w = W.generate(n, seed=seed)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        rows = ["image,caption"]
+        for i in range(len(w)):
+            im = io.BytesIO()
+            w.image(i).save(im, format="PNG")
+            zf.writestr(f"{folder}/scene{i}.png", im.getvalue())
+            rows.append(f"scene{i}.png,{w.captions[i]}")
+        zf.writestr(f"{folder}/captions.csv", "\n".join(rows) + "\n")
+    return buf.getvalue()

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from ..errors import DatasetError, InputError
 from . import locks
 from .files import load_npy, pair_rows, to_none
-from .layout import IMAGE_EMB, IMAGES, MANIFEST, TEXT_EMB, TEXTS, VERSION_PREFIX
+from .layout import IMAGE_EMB, IMAGES, MANIFEST, TEXT_EMB, TEXTS, VERSION_PREFIX, make_dir
 from .manifest import check_unchanged, read_manifest
 from .tables import STRING_COLS
 
@@ -140,14 +140,7 @@ class Dataset:
             d = self.home / kind / f"{self.name}-{self.fingerprint[:12]}"
         else:
             d = self.path / kind
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DatasetError(
-                f"Cannot create {d} ({exc.strerror or exc}); set CLIPGEOM_HOME "
-                "to a writable folder."
-            ) from None
-        return d
+        return make_dir(d)
 
     def shipped_dir(self, kind: str) -> "Path | None":
         """``<dataset>/<kind>`` of a read-only (bundled) dataset, when it ships

@@ -17,7 +17,7 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import DatasetError, InputError
 
 SCHEMA_VERSION = 1
 # A full match: "abc\n" is not a name ($ would accept a trailing newline).
@@ -105,3 +105,15 @@ def available(h: Path) -> str:
         return ("No datasets exist yet; import one first "
                 "(see `python -m clipgeom --help`).")
     return "Available: " + ", ".join(names) + "."
+
+
+def make_dir(path: Path) -> Path:
+    """``mkdir -p path``, or a DatasetError saying the home is not writable."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(
+            f"Cannot create {path} ({exc.strerror or exc}); set CLIPGEOM_HOME "
+            "to a writable folder."
+        ) from None
+    return path

@@ -21,7 +21,7 @@ from .dataset import Dataset
 from .files import (fingerprint_of, fsync_dir, is_normalized, json_default, pair_rows,
                     save_array, sha256_file, write_manifest, write_table)
 from .layout import (ARRAY_FILES, IMAGE_EMB, IMAGES, MANIFEST, SCHEMA_VERSION, TABLE_FILES,
-                     TEXT_EMB, TEXTS, check_name, read_only_map, resolve_home)
+                     TEXT_EMB, TEXTS, check_name, make_dir, read_only_map, resolve_home)
 from .manifest import file_stat
 from .tables import norm_model, prepare_images, prepare_texts, to_arrow
 
@@ -108,14 +108,7 @@ def _create(name, image_emb, text_emb, images, texts, *, model, source,
     n_pairs = int(len(pair_rows(img_df["image_id"], txt_df["image_id"])[0]))
     extras = _check_extra_arrays(extra_arrays)
 
-    root = h / "datasets"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DatasetError(
-            f"Cannot create {root} ({exc.strerror or exc}); set CLIPGEOM_HOME "
-            "to a writable folder."
-        ) from None
+    root = make_dir(h / "datasets")
     with locks.writer_lock(h, name, f"writing dataset {name}"):
         versions.sweep(h)
         _refuse_existing(final, name, overwrite, h)      # again, now that we hold the name
