@@ -488,6 +488,18 @@ class IntraRecovery:
     residual: float
 
 
+def _square_similarity(s_inter) -> np.ndarray:
+    """The inter-modal similarity matrix as float64, checked to be N x N."""
+    s = validate.embeddings(s_inter, "inter-modal similarity matrix", allow_zero=True,
+                            dtype=np.float64)
+    if s.shape[1] != s.shape[0]:
+        raise InputError(
+            f"inter-modal similarity matrix must be square (text x image, N x N), "
+            f"got shape {s.shape}."
+        )
+    return s
+
+
 def recover_intra_similarity(s_inter, rank: Optional[int] = None, *,
                              rtol: float = 1e-6) -> IntraRecovery:
     """Recover S_intra = X_I X_I^T from S_inter = X_T X_I^T (intra-modal supplement Eq. 4-10).
@@ -505,14 +517,8 @@ def recover_intra_similarity(s_inter, rank: Optional[int] = None, *,
     rank, the rank exceeds 128 (MAX_RECOVERY_RANK), or the design matrix would
     exceed 2 GiB.
     """
-    s = validate.embeddings(s_inter, "inter-modal similarity matrix", allow_zero=True,
-                            dtype=np.float64)
+    s = _square_similarity(s_inter)
     n = s.shape[0]
-    if s.shape[1] != n:
-        raise InputError(
-            f"inter-modal similarity matrix must be square (text x image, N x N), "
-            f"got shape {s.shape}."
-        )
     _, sv, vt = np.linalg.svd(s, full_matrices=False)
     if rank is None:
         if not sv[0] > 0:
@@ -570,14 +576,8 @@ def recover_intra_similarity_ranks(s_inter, ranks) -> list[IntraRecovery]:
     """
     from scipy.linalg import eigh, qr_multiply, solve_triangular
 
-    s = validate.embeddings(s_inter, "inter-modal similarity matrix", allow_zero=True,
-                            dtype=np.float64)
+    s = _square_similarity(s_inter)
     n = s.shape[0]
-    if s.shape[1] != n:
-        raise InputError(
-            f"inter-modal similarity matrix must be square (text x image, N x N), "
-            f"got shape {s.shape}."
-        )
     try:
         ranks = sorted({int(r) for r in ranks})
     except (TypeError, ValueError):
