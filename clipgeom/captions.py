@@ -466,13 +466,18 @@ def _captions_txt(path: Path, limits: CaptionLimits):
     return pd.DataFrame({"caption": pd.Series(caps, dtype=object)}), lines
 
 
-def _captions_delimited(path: Path, limits: CaptionLimits):
+def _open_delimited(path: Path, limits: "CaptionLimits"):
+    """(the record stream after the header, the header's column names) of a .csv/.tsv."""
     records = _records(path, _delimiter(path), limits)
     try:
         header_line, header = next(records)
     except StopIteration:
         raise _empty(path) from None
-    names = _header(path, header, header_line)
+    return records, _header(path, header, header_line)
+
+
+def _captions_delimited(path: Path, limits: CaptionLimits):
+    records, names = _open_delimited(path, limits)
     if "caption" not in names:
         raise InputError(
             f"{path}: no 'caption' column in the header (found: "
@@ -623,12 +628,7 @@ def read_labels(path) -> list:
     path = Path(path)
     limits = CaptionLimits.from_env()
     if path.suffix.lower() in (".csv", ".tsv"):
-        records = _records(path, _delimiter(path), limits)
-        try:
-            header_line, header = next(records)
-        except StopIteration:
-            raise _empty(path) from None
-        names = _header(path, header, header_line)
+        records, names = _open_delimited(path, limits)
         if "label" not in names:
             raise InputError(
                 f"{path}: no 'label' column in the header (found: "
