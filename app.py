@@ -11,6 +11,6 @@ st.set_page_config(page_title="clipgeom: the geometry of CLIP embeddings",
 
 PAGES = ["0_Home", "1_Separability", "2_Thin_shell_and_ellipsoid", "3_Alpha_shift_and_loss",
          "4_Conformity", "5_Projections_and_isotropy", "6_Search_and_interpolation",
-         "7_Training_timeline", "8_Upload", "9_Talk"]
+         "7_Training_timeline", "10_Compare", "8_Upload", "9_Talk"]
 
 st.navigation([st.Page(f"pages/{stem}.py", default=(stem == "0_Home")) for stem in PAGES]).run()

@@ -182,9 +182,11 @@ def _ids(series) -> list:
 
 
 def open_side(item, home=None) -> Side:
-    """A :class:`Side` from a name, ``name@step`` or an opened Dataset."""
+    """A :class:`Side` from a name, ``name@step``, an opened Dataset or a Side."""
     from . import store, timeline
 
+    if isinstance(item, Side):
+        return item
     if isinstance(item, str):
         name, step = parse_spec(item)
         ds = store.open_dataset(name, home=home)
@@ -448,8 +450,8 @@ def _difference(v, v0):
 def compare(datasets, *, temperature: Optional[float] = None,
             max_pairs: int = report.DEFAULT_MAX_PAIRS, k: int = measures.DEFAULT_K,
             seed: int = 0, progress: Progress = None, home=None) -> Comparison:
-    """Compare two or more datasets (names, ``name@step`` snapshots or
-    opened Datasets) side by side.
+    """Compare two or more datasets (names, ``name@step`` snapshots, opened
+    Datasets or :class:`Side` objects) side by side.
 
     ``temperature``: None uses each model's own learned τ
     (:func:`clipgeom.report.default_temperature`; a snapshot takes its

@@ -44,7 +44,7 @@ DEFAULT_K = 10
 HUBNESS_SAMPLE = 5000         # exact kNN is O(n^2 d): above this, a seeded sample
 CROSS_SAMPLE = 5000           # pairs used for the cross-modal CKA / mutual-kNN
 TOP_HUBS = 10
-_KNN_BLOCK = 8_000_000        # similarity entries per kNN chunk (~32 MB float32)
+_KNN_BLOCK = 8_000_000        # similarity entries per kNN chunk (~64 MB float64)
 _CHUNK = 8192                 # rows per float64 pass (~34 MB at d = 512)
 MUTUAL_KNN_NOTE = "mutual-kNN falls as the sample grows: compare it only at equal n_used"
 
@@ -62,10 +62,10 @@ def _unit_block(x, sl) -> np.ndarray:
     return b / n
 
 
-def unit_rows(x, chunk: int = _CHUNK) -> np.ndarray:
-    """Rows of ``x`` divided by their L2 norm, float32 (one copy)."""
+def unit_rows(x, chunk: int = _CHUNK, dtype=np.float32) -> np.ndarray:
+    """Rows of ``x`` divided by their L2 norm, float32 unless told (one copy)."""
     x = validate.embeddings(x, "embeddings", min_rows=1)
-    out = np.empty(x.shape, dtype=np.float32)
+    out = np.empty(x.shape, dtype=dtype)
     for sl in row_chunks(x.shape[0], chunk):
         out[sl] = _unit_block(x, sl)
     return out
@@ -318,6 +318,16 @@ def _centred_covariance(x, chunk: int = _CHUNK) -> np.ndarray:
     return scatter / n
 
 
+def singular_spectrum(x, chunk: int = _CHUNK) -> np.ndarray:
+    """The distribution RankMe takes the entropy of (Garrido et al. 2023, Eq. 1):
+    p_k = s_k / sum s of the singular values s_k of the centred rows,
+    descending (from the covariance eigenvalues, s_k proportional to sqrt(lam_k);
+    eigenvalues at rounding level count as 0). O(N d^2), chunked."""
+    s = np.sqrt(_drop_rounding(covariance_eigenvalues(_centred_covariance(x, chunk))))
+    total = s.sum()
+    return s / total if total > 0 else s
+
+
 def effective_rank(x, chunk: int = _CHUNK) -> float:
     """RankMe effective rank of the rows of ``x`` (centred), in O(N d^2)."""
     return effective_rank_from_eigenvalues(covariance_eigenvalues(_centred_covariance(x, chunk)))
@@ -339,9 +349,13 @@ def knn_indices(queries: np.ndarray, targets: np.ndarray, k: int, *,
     from chunked products of the unit rows (memory: one block of about
     8M similarities). Rows of the result are sets (unordered).
     ``exclude_self``: queries and targets are the same set; row i is not its
-    own neighbour."""
-    uq = unit_rows(queries)
-    ut = uq if (exclude_self and targets is queries) else unit_rows(targets)
+    own neighbour.
+
+    In float64: at random initialisation a model's embeddings lie in a cone so
+    narrow that float32 products cannot order the neighbours (the demo at step
+    0: cosines 0.9995-1.0; only 37 % of float32's 10 nearest were float64's)."""
+    uq = unit_rows(queries, dtype=np.float64)
+    ut = uq if (exclude_self and targets is queries) else unit_rows(targets, dtype=np.float64)
     nq, nt = uq.shape[0], ut.shape[0]
     avail = nt - 1 if exclude_self else nt
     if not 1 <= k <= avail:
@@ -353,25 +367,40 @@ def knn_indices(queries: np.ndarray, targets: np.ndarray, k: int, *,
         if exclude_self:
             r = np.arange(sl.start, sl.stop)
             s[r - sl.start, r] = -np.inf
-        if k < nt:
-            out[sl] = np.argpartition(s, nt - k, axis=1)[:, nt - k:]
-        else:
-            out[sl] = np.arange(nt)[None, :]
+        out[sl] = _top_k_lowest_index_ties(s, k)
     return out
+
+
+def _top_k_lowest_index_ties(s: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the ``k`` largest entries of every row of ``s``, ties
+    at the k-th value going to the lowest index (as a stable sort would):
+    duplicate items (the same caption twice) make exact ties, and an arbitrary
+    choice among them would make mutual-kNN and hubness depend on the order
+    of a partition."""
+    n = s.shape[1]
+    if k >= n:
+        return np.broadcast_to(np.arange(n), (s.shape[0], n)).copy()
+    kth = np.partition(s, n - k, axis=1)[:, n - k][:, None]
+    above = s > kth
+    tied = s == kth
+    need = k - above.sum(axis=1, keepdims=True)
+    chosen = above | (tied & (np.cumsum(tied, axis=1) <= need))
+    return np.nonzero(chosen)[1].reshape(s.shape[0], k)
 
 
 def knn_both_ways(a: np.ndarray, b: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`knn_indices` of ``a`` -> ``b`` and of ``b`` -> ``a`` from one
     pass of chunked products: each block of ``a`` rows gives the row-wise
     top k, and its column-wise top k is merged into a running top k of every
-    ``b`` row (exact; half the products of two calls)."""
-    ua, ub = unit_rows(a), unit_rows(b)
+    ``b`` row (exact; half the products of two calls). Float64, as
+    :func:`knn_indices`."""
+    ua, ub = unit_rows(a, dtype=np.float64), unit_rows(b, dtype=np.float64)
     na, nb = ua.shape[0], ub.shape[0]
     if not (1 <= k <= nb and k <= na):
         raise InputError(f"k = {k} nearest neighbours needs 1 <= k <= {min(na, nb)}.")
     block = max(k, min(na, _KNN_BLOCK // max(nb, 1)))
     a2b = np.empty((na, k), dtype=np.int64)
-    best_val = np.full((k, nb), -np.inf, dtype=np.float32)
+    best_val = np.full((k, nb), -np.inf, dtype=np.float64)
     best_idx = np.zeros((k, nb), dtype=np.int64)
     cols = np.arange(nb)[None, :]
     for sl in row_chunks(na, block):

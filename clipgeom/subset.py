@@ -117,7 +117,7 @@ def save_subset(ds, name: str, image_rows, text_rows, *, home=None):
                          f"{irows.size} image(s) and {trows.size} caption(s).")
     images = ds.images.iloc[irows].reset_index(drop=True)
     texts = ds.texts.iloc[trows].reset_index(drop=True)
-    thumbs = ds.path / "thumbs"
+    thumbs = ds.thumbs_dir
     return store.create_dataset(
         name, np.asarray(ds.image_emb[irows]), np.asarray(ds.text_emb[trows]), images, texts,
         model=ds.model, home=home, thumbs_dir=thumbs if thumbs.is_dir() else None,

@@ -87,17 +87,40 @@ def synthetic_banner(loaded: data.Loaded) -> None:
                    icon="⚠️")
 
 
-def page_header(title: str):
+def page_header(title: str, *, dataset: bool = True):
     """What every page does first: config, presentation switch, dataset picker,
-    synthetic-data banner. Returns the loaded dataset."""
+    synthetic-data banner. Returns the loaded dataset (None with
+    ``dataset=False``: a page that picks several, e.g. Compare)."""
     from . import figures
 
+    _leave_pages_directory_mode()
     st.set_page_config(page_title=f"clipgeom: {title}", page_icon="🔭", layout="wide")
     figures.presentation_toggle()
-    loaded = dataset_picker(figures.open_controls())
+    box = figures.open_controls()
+    if not dataset:
+        return None
+    loaded = dataset_picker(box)
     synthetic_banner(loaded)
     small_data_note(loaded)
     return loaded
+
+
+def _leave_pages_directory_mode() -> None:
+    """Route a deep link through app.py's navigation.
+
+    Until some session has run app.py (which calls ``st.navigation``), a
+    fresh server treats ``pages/`` as Streamlit's old multipage folder: a
+    shared link such as ``/Compare?compare=...`` then runs the page file
+    alone, under a sidebar of file names (with "app"). Streamlit keeps that
+    mode in a process-wide flag; clearing it and rerunning runs app.py, which
+    opens the same page by its URL under the real navigation."""
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:        # a Streamlit without the flag has no such mode
+        return
+    if getattr(PagesManager, "uses_pages_directory", False):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
 
 
 FEW_ITEMS = 50

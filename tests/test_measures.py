@@ -195,6 +195,18 @@ def test_effective_rank_vs_svd_of_centred_rows(rng):
     sv = np.linalg.svd(x - x.mean(0), compute_uv=False)
     p = sv / sv.sum()
     assert measures.effective_rank(x) == pytest.approx(np.exp(-np.sum(p * np.log(p))), rel=1e-8)
+    # the spectrum the Compare page overlays is that distribution, descending
+    np.testing.assert_allclose(measures.singular_spectrum(x), p, rtol=1e-6)   # via the covariance
+
+
+def test_singular_spectrum_of_known_singular_values(rng):
+    s = np.array([5.0, 3.0, 1.0, 0.0])               # rank 3 in 6 dimensions
+    u = centred_orthonormal(50, 4, rng)
+    v, _ = np.linalg.qr(rng.standard_normal((6, 4)))
+    x = u @ np.diag(s) @ v.T + 7.0
+    got = measures.singular_spectrum(x)
+    assert got.shape == (6,)
+    np.testing.assert_allclose(got, [5 / 9, 3 / 9, 1 / 9, 0, 0, 0], atol=1e-9)
 
 
 # ---------------------------------------------------------------- hubness

@@ -6,6 +6,12 @@ pipeline a user's images go through (folder + captions file -> ItemList ->
 embedding job with ``--checkpoint``), plus the world's metadata (concept
 frequencies), the training snapshots and exact FAISS indexes, written
 read-only to ``assets/demo/``.
+
+The comparison models (``TrainConfig.loss`` "siglip" and "euclid") embed
+the same 3,000 items into ``assets/demo-siglip`` and ``assets/demo-euclip``
+(:data:`VARIANTS`): row-aligned with the demo, sharing its thumbnails
+(manifest ``thumbs_from``), without snapshots or shipped indexes, so the
+three fit the assets' size budget.
 """
 
 from __future__ import annotations
@@ -28,9 +34,26 @@ DEMO_DIR = ASSETS / "demo"
 DEMO_SEED = 3
 
 
+#: dataset name -> (model folder, training objective) of the comparison models
+VARIANTS = {"demo-siglip": (ASSETS / "demo-siglip-model", "siglip"),
+            "demo-euclip": (ASSETS / "demo-euclip-model", "euclid")}
+
+
+def _training_log(model_dir: Path) -> dict:
+    import json
+    log = model_dir / "training.json"
+    return json.loads(log.read_text()) if log.exists() else {}
+
+
+def model_arch(model_dir: Path = MODEL_DIR) -> str:
+    """The architecture (config stem) a model folder holds: ``ARCH.json`` + ``ARCH.pt``."""
+    return _training_log(model_dir).get("arch") or train.ARCH
+
+
 def model_spec(model_dir: Path = MODEL_DIR) -> embed.ModelSpec:
-    return embed.ModelSpec(str(model_dir / "demo-clip.json"),
-                           checkpoint=str(model_dir / "demo-clip.pt"))
+    arch = model_arch(model_dir)
+    return embed.ModelSpec(str(model_dir / f"{arch}.json"),
+                           checkpoint=str(model_dir / f"{arch}.pt"))
 
 
 def write_world_folder(world: "W.World", folder: Path) -> Path:
@@ -51,17 +74,26 @@ def write_world_folder(world: "W.World", folder: Path) -> Path:
 
 def _snapshot_quality(model_dir: Path) -> list[dict]:
     """The held-out quality at each snapshot step, from the training log."""
-    import json
-    log = model_dir / "training.json"
-    if not log.exists():
-        return []
-    curve = json.loads(log.read_text()).get("curve", [])
+    curve = _training_log(model_dir).get("curve", [])
     return [{"step": c["step"], "eval": c["eval"]} for c in curve if "eval" in c]
 
 
+def _root_relative(path: Path) -> str:
+    """``assets/...`` for files inside the project (how manifests record bundled files)."""
+    try:
+        return str(path.resolve().relative_to(ASSETS.parent))
+    except ValueError:
+        return str(path)
+
+
 def build_demo(model_dir: Path = MODEL_DIR, out_dir: Path = DEMO_DIR, n: int = 3000,
-               seed: int = DEMO_SEED, progress: Optional[Callable] = None) -> Path:
-    """Embed ``n`` world pairs with the demo model into ``out_dir`` (replaced whole)."""
+               seed: int = DEMO_SEED, progress: Optional[Callable] = None, *,
+               snapshots: bool = True, thumbs_from: Optional[str] = None,
+               ship_index: bool = True) -> Path:
+    """Embed ``n`` world pairs with the model in ``model_dir`` into ``out_dir``
+    (replaced whole). ``snapshots``: ship the training snapshots;
+    ``thumbs_from``: a bundled dataset of the same images whose thumbnails
+    this one shares (none are copied); ``ship_index``: ship exact FAISS indexes."""
     world = W.generate(n, seed=seed, captions_per_image=1)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -74,32 +106,49 @@ def build_demo(model_dir: Path = MODEL_DIR, out_dir: Path = DEMO_DIR, n: int = 3
         spec = model_spec(model_dir)
         ds = job.run("demo-embed", items, spec, job.JobOptions(workers=0, build_index=False),
                      progress=progress, home=tmp / "home")
-        snaps = np.load(model_dir / "snapshots.npz", allow_pickle=False)
-        extras = {"snapshot_steps": snaps["steps"]}
-        for s in snaps["steps"]:
-            extras[f"snapshot_image_{int(s)}"] = snaps[f"image_{int(s)}"]
-            extras[f"snapshot_text_{int(s)}"] = snaps[f"text_{int(s)}"]
-        model = {"name": "demo-clip", "pretrained": None,
-                 "config": "assets/demo-model/demo-clip.json",
-                 "checkpoint": "assets/demo-model/demo-clip.pt",
-                 "checkpoint_sha256": embed.file_sha256(model_dir / "demo-clip.pt"),
+        extras = {}
+        if snapshots:
+            snaps = np.load(model_dir / "snapshots.npz", allow_pickle=False)
+            extras["snapshot_steps"] = snaps["steps"]
+            for s in snaps["steps"]:
+                extras[f"snapshot_image_{int(s)}"] = snaps[f"image_{int(s)}"]
+                extras[f"snapshot_text_{int(s)}"] = snaps[f"text_{int(s)}"]
+        log = _training_log(model_dir)
+        objective = (log.get("config") or {}).get("loss", "clip")
+        arch = model_arch(model_dir)
+        model = {"name": arch, "pretrained": None,
+                 "config": _root_relative(model_dir / f"{arch}.json"),
+                 "checkpoint": _root_relative(model_dir / f"{arch}.pt"),
+                 "checkpoint_sha256": embed.file_sha256(model_dir / f"{arch}.pt"),
+                 "objective": objective,
                  "temperature": ds.manifest["model"].get("temperature")}
+        if objective == "euclid":
+            # Its logit scale s multiplies -||x - y||^2, not a cosine: no softmax
+            # temperature of cosine logits is the model's own (analyses use CLIP's 0.01).
+            model["logits"] = "neg_sq_distance"
+            model["logit_scale"] = 1.0 / model.pop("temperature")
         extra_manifest = {k: v for k, v in ds.manifest.items()
                           if k in ("skipped", "embedding")}
         extra_manifest["demo"] = {
-            "world_seed": seed, "snapshot_heldout": "the demo model's held-out world "
-            "(seed 2, 1,000 pairs), embedded at each snapshot step",
+            "world_seed": seed, "objective": objective,
+            "quality": log.get("final"),
             "frequency_columns": ["concept_frequency", "main_concept_frequency",
-                                  "shape_frequency", "colour_frequency"],
-            "snapshot_quality": _snapshot_quality(model_dir),
-            # pair i of every snapshot: its caption, for hover text (~40 KB)
-            "snapshot_captions": list(train.heldout_world(train.TrainConfig()).captions)}
+                                  "shape_frequency", "colour_frequency"]}
+        if snapshots:
+            extra_manifest["demo"].update({
+                "snapshot_heldout": "the demo model's held-out world "
+                "(seed 2, 1,000 pairs), embedded at each snapshot step",
+                "snapshot_quality": _snapshot_quality(model_dir),
+                # pair i of every snapshot: its caption, for hover text (~40 KB)
+                "snapshot_captions": list(train.heldout_world(train.TrainConfig()).captions)})
+        if thumbs_from:
+            extra_manifest["thumbs_from"] = thumbs_from
         final = store.create_dataset(
             "demo-build", np.asarray(ds.image_emb), np.asarray(ds.text_emb), ds.images,
             ds.texts, model=model, source={"kind": "demo", "generator": "clipgeom.demo.world",
                                            "seed": seed, "n": n},
             extra_manifest=extra_manifest, thumbs_dir=ds.path / "thumbs",
-            extra_arrays=extras, home=tmp / "home")
+            extra_arrays=extras or None, home=tmp / "home")
         staged = out_dir.with_name(out_dir.name + ".new")
         shutil.rmtree(staged, ignore_errors=True)
         shutil.copytree(final.path, staged, ignore=shutil.ignore_patterns(".readers"))
@@ -107,13 +156,16 @@ def build_demo(model_dir: Path = MODEL_DIR, out_dir: Path = DEMO_DIR, n: int = 3
         # FAISS indexes ship with the demo (exact, ~0.8 MB each); the index
         # metadata holds the fingerprint, which does not depend on the name.
         shutil.rmtree(staged / "index", ignore_errors=True)
-        for modality in ("image", "text"):
-            index.build_index(final, modality)
-        shutil.copytree(final.path / "index", staged / "index")
+        if thumbs_from:
+            shutil.rmtree(staged / "thumbs", ignore_errors=True)
+        if ship_index:
+            for modality in ("image", "text"):
+                index.build_index(final, modality)
+            shutil.copytree(final.path / "index", staged / "index")
         # ... and so does the report the Home page opens with (the model's own τ),
         # so a fresh install shows its first page at once
         shutil.rmtree(final.path / "cache", ignore_errors=True)
-        report.stored_report(final, temperature=model["temperature"])
+        report.stored_report(final, temperature=report.default_temperature(final))
         shutil.copytree(final.path / "cache", staged / "cache")
         # the manifest's name must be the folder's
         import json
@@ -127,3 +179,10 @@ def build_demo(model_dir: Path = MODEL_DIR, out_dir: Path = DEMO_DIR, n: int = 3
         from .ship_umap import ship_umap     # the Projections page's default UMAP ships too
         ship_umap(out_dir.name)
     return out_dir
+
+
+def build_variant(name: str, progress: Optional[Callable] = None) -> Path:
+    """Build one comparison dataset of :data:`VARIANTS` (same items as the demo)."""
+    model_dir, _ = VARIANTS[name]
+    return build_demo(model_dir, ASSETS / name, progress=progress, snapshots=False,
+                      thumbs_from=DEMO_DIR.name, ship_index=False)

@@ -16,6 +16,21 @@ beat 128 at equal steps, and dropping the all-generic "a shape" captions from
 training removed false negatives (0.71 -> 0.76). Raw embeddings of a fixed held-out set are recorded at a few
 steps (step 0 = random initialisation included) so the dashboard can show
 the geometry forming.
+
+The same recipe trains the two comparison models (``TrainConfig.loss``):
+
+* ``"siglip"``: SigLIP's pairwise sigmoid loss (Zhai et al. 2023; open_clip's
+  ``SigLipLoss``) on L2-normalised features, with a learnable logit scale and
+  bias initialised as in SigLIP (scale 10, bias -10; ``demo-sigmoid.json``: open_clip
+  gives any architecture named *siglip* SigLIP's own tokenizer).
+* ``"euclid"``: EuCLIP (Chou & Alam 2024, "Embedding Geometries of
+  Contrastive Language-Image Pre-Training"): the softmax cross-entropy of CLIP
+  with logits ``-s * ||x - y||^2`` on the *unnormalised* features (their
+  distance-squared logit, no final normalisation, no entailment loss), with a
+  learnable scale ``s`` (``demo-euclip.json``).
+
+Towers, data, batch, steps, optimiser and seeds are those of the CLIP model,
+so the three are row-aligned and differ only in the training objective.
 """
 
 from __future__ import annotations
@@ -34,6 +49,11 @@ from . import world as W
 
 CONFIG = Path(__file__).with_name("demo-clip.json")
 ARCH = "demo-clip"
+#: training objective -> its open_clip model config (the architecture's name is the stem)
+LOSS_CONFIGS = {"clip": CONFIG, "siglip": CONFIG.with_name("demo-sigmoid.json"),
+                "euclid": CONFIG.with_name("demo-euclip.json")}
+#: how each objective scores a pair at retrieval time (its own logits)
+SCORES = {"clip": "cosine", "siglip": "cosine", "euclid": "euclid"}
 MEAN = (0.48145466, 0.4578275, 0.40821073)     # open_clip's (OpenAI) normalisation
 STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -59,13 +79,51 @@ class TrainConfig:
     heldout_seed: int = 2
     snapshot_steps: list = field(default_factory=lambda: [0, 50, 150, 400, 1000, -1])
     threads: Optional[int] = None
-    config_path: str = str(CONFIG)     # an open_clip model config JSON
+    loss: str = "clip"                # "clip" | "siglip" | "euclid" (see the module doc)
+    config_path: Optional[str] = None  # an open_clip model config JSON; None: LOSS_CONFIGS[loss]
     image_size: int = 64
     beta2: float = 0.98               # AdamW betas/eps as in open_clip's training
     eps: float = 1e-6
     init_logit_scale: Optional[float] = None   # exp-scale; None keeps open_clip's 1/0.07
     train_level_probs: Optional[tuple] = TRAIN_LEVEL_PROBS  # None: the world's default
     device: str = "cpu"               # experiments only; the shipped model trains on CPU
+
+
+def model_config(cfg: TrainConfig) -> Path:
+    if cfg.loss not in LOSS_CONFIGS:
+        raise ValueError(f"unknown loss {cfg.loss!r}; one of {sorted(LOSS_CONFIGS)}")
+    return Path(cfg.config_path) if cfg.config_path else LOSS_CONFIGS[cfg.loss]
+
+
+def euclidean_logits(image_features, text_features, scale):
+    """EuCLIP's distance-squared logits, -s ||x_i - y_j||^2 (Chou & Alam 2024)."""
+    sq = (image_features.pow(2).sum(1, keepdim=True) + text_features.pow(2).sum(1)
+          - 2.0 * image_features @ text_features.T)
+    return -scale * sq
+
+
+def objective(loss: str):
+    """``f(model, pixels, tokens) -> loss`` for one training objective."""
+    import open_clip
+    import torch.nn.functional as F
+
+    if loss == "clip":
+        clip_loss = open_clip.ClipLoss()
+        return lambda m, px, tok: clip_loss(m.encode_image(px, normalize=True),
+                                            m.encode_text(tok, normalize=True),
+                                            m.logit_scale.exp())
+    if loss == "siglip":
+        sig_loss = open_clip.loss.SigLipLoss()
+        return lambda m, px, tok: sig_loss(m.encode_image(px, normalize=True),
+                                           m.encode_text(tok, normalize=True),
+                                           m.logit_scale.exp(), m.logit_bias)
+
+    def euclid(m, px, tok):
+        logits = euclidean_logits(m.encode_image(px, normalize=False),
+                                  m.encode_text(tok, normalize=False), m.logit_scale.exp())
+        labels = torch.arange(len(logits), device=logits.device)
+        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    return euclid
 
 
 def build_model(config_path=CONFIG):
@@ -101,18 +159,23 @@ def raw_embeddings(model, tokenizer, images_u8: np.ndarray, captions: list[str],
 
 
 def evaluate(image_emb: np.ndarray, text_emb: np.ndarray, world: "W.World",
-             caption_rows: np.ndarray) -> dict:
+             caption_rows: np.ndarray, score: str = "cosine") -> dict:
     """Quality on held-out pairs, judged by the world's own truth.
 
     ``caption_true_i2t``: share of images whose best-scoring caption (among
     all held-out captions) is true of the image; ``image_true_t2i``: share of
     (non-odd) captions whose best-scoring image satisfies them; exact-caption
-    recall@1/@5: the image's own caption ranks first / in the top 5.
+    recall@1/@5: the image's own caption ranks first / in the top 5. Scores are
+    the model's own: cosine, or ``score="euclid"``: -||x - y||^2 on raw features.
     """
-    u = image_emb / np.linalg.norm(image_emb, axis=1, keepdims=True)
-    t = text_emb / np.linalg.norm(text_emb, axis=1, keepdims=True)
-    sim = u @ t.T
-    n = len(u)
+    if score == "euclid":
+        x, y = image_emb.astype(np.float64), text_emb.astype(np.float64)
+        sim = -((x * x).sum(1)[:, None] + (y * y).sum(1)[None] - 2 * x @ y.T)
+    else:
+        u = image_emb / np.linalg.norm(image_emb, axis=1, keepdims=True)
+        t = text_emb / np.linalg.norm(text_emb, axis=1, keepdims=True)
+        sim = u @ t.T
+    n = len(sim)
     best_caption = sim.argmax(1)
     structs = [world.caption_structs[r] for r in caption_rows]
     odd = np.array([world.odd[r] for r in caption_rows])
@@ -134,10 +197,11 @@ def heldout_world(cfg: TrainConfig) -> "W.World":
 
 def train(cfg: TrainConfig, out_dir: Path, progress: Optional[Callable[[dict], None]] = None
           ) -> dict:
-    """Train; write ``out_dir/demo-clip.pt`` (fp16 state dict), ``demo-clip.json``,
-    ``snapshots.npz`` and ``training.json`` (config, loss curve, quality)."""
-    import open_clip
-
+    """Train; write ``out_dir/ARCH.pt`` (fp16 state dict), ``ARCH.json`` (ARCH: the
+    model config's stem, e.g. demo-clip), ``snapshots.npz`` and ``training.json``
+    (config, loss curve, quality)."""
+    config_path = model_config(cfg)
+    arch = config_path.stem
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -159,12 +223,12 @@ def train(cfg: TrainConfig, out_dir: Path, progress: Optional[Callable[[dict], N
     held_captions = list(held.captions)
     gen_s = time.time() - t0
 
-    model, tokenizer = build_model(cfg.config_path)
+    model, tokenizer = build_model(config_path)
     if cfg.init_logit_scale:
         model.logit_scale.data.fill_(math.log(cfg.init_logit_scale))
     model.to(dev)
     train_tokens = tokenizer(list(train_world.captions)).to(dev)   # once, not per step
-    loss_fn = open_clip.ClipLoss()
+    loss_fn = objective(cfg.loss)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "logit_scale" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "logit_scale" in n]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -183,7 +247,7 @@ def train(cfg: TrainConfig, out_dir: Path, progress: Optional[Callable[[dict], N
         if step in snap_steps:
             ie, te = raw_embeddings(model, tokenizer, held_images, held_captions)
             snapshots[step] = (ie, te)
-            q = evaluate(ie, te, held, held_rows)
+            q = evaluate(ie, te, held, held_rows, score=SCORES[cfg.loss])
             curve.append({"step": step, "eval": q, "time_s": time.time() - t0})
             if progress:
                 progress({"step": step, "eval": q})
@@ -197,35 +261,33 @@ def train(cfg: TrainConfig, out_dir: Path, progress: Optional[Callable[[dict], N
             rows = list(idx)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        out = model(to_pixels(train_images[torch.from_numpy(idx).to(dev)]),
-                    train_tokens[torch.as_tensor(rows, device=dev)])
-        if isinstance(out, dict):
-            img_f, txt_f, scale = out["image_features"], out["text_features"], out["logit_scale"]
-        else:
-            img_f, txt_f, scale = out[0], out[1], out[2]
-        loss = loss_fn(img_f, txt_f, scale)
+        loss = loss_fn(model, to_pixels(train_images[torch.from_numpy(idx).to(dev)]),
+                       train_tokens[torch.as_tensor(rows, device=dev)])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         with torch.no_grad():       # as in CLIP: the logit scale is clamped at 100
-            model.logit_scale.clamp_(0, math.log(100))
+            # (and at >= 1 for cosine logits; squared distances need a smaller one)
+            model.logit_scale.clamp_(None if cfg.loss == "euclid" else 0, math.log(100))
         if step % 50 == 0:
             curve.append({"step": step, "loss": float(loss.detach()), "lr": lr_at(step),
                           "logit_scale": float(model.logit_scale.detach().exp()),
                           "time_s": time.time() - t0})
+            if getattr(model, "logit_bias", None) is not None:
+                curve[-1]["logit_bias"] = float(model.logit_bias.detach())
             if progress:
                 progress(curve[-1])
 
     state = {k: (v.half() if v.is_floating_point() else v).cpu()
              for k, v in model.state_dict().items()}
-    torch.save(state, out_dir / "demo-clip.pt")
-    (out_dir / "demo-clip.json").write_text(Path(cfg.config_path).read_text())
+    torch.save(state, out_dir / f"{arch}.pt")
+    (out_dir / f"{arch}.json").write_text(config_path.read_text())
     np.savez_compressed(out_dir / "snapshots.npz",
                         steps=np.array(sorted(snapshots)),
                         **{f"image_{s}": snapshots[s][0] for s in snapshots},
                         **{f"text_{s}": snapshots[s][1] for s in snapshots})
     final = [c for c in curve if "eval" in c][-1]["eval"]
-    summary = {"config": asdict(cfg), "curve": curve, "final": final,
+    summary = {"config": asdict(cfg), "arch": arch, "curve": curve, "final": final,
                "world_generation_s": gen_s, "train_s": time.time() - t0,
                "torch": torch.__version__, "threads": torch.get_num_threads()}
     (out_dir / "training.json").write_text(json.dumps(summary, indent=1))

@@ -3,6 +3,7 @@ derived-results folders, all inside the one version it was opened at."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -190,8 +191,21 @@ class Dataset:
         t = self.images["thumbnail"].iloc[row]
         if t is None or (isinstance(t, float) and np.isnan(t)) or t == "":
             return None
-        p = self.path / "thumbs" / str(t)
+        p = self.thumbs_dir / str(t)
         return p if p.is_file() else None
+
+    @property
+    def thumbs_dir(self) -> Path:
+        """``thumbs/``; a bundled dataset of the same images as another bundled
+        one (the demo's comparison models) names that one in its manifest
+        (``thumbs_from``) and shares its thumbnails instead of shipping copies."""
+        other = self.manifest.get("thumbs_from")
+        if self.read_only and isinstance(other, str) and _PLAIN_NAME.fullmatch(other):
+            return self.path.parent / other / "thumbs"
+        return self.path / "thumbs"
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")   # a sibling folder, never a path
 
 
 def _open_array(path: Path, fname: str, manifest: dict, name: str) -> np.ndarray:
