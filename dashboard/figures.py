@@ -116,6 +116,7 @@ _TALK_CSS = """<style>
   font-size: 1.25rem; white-space: normal; overflow: visible; text-overflow: clip;}
 [data-testid='stMetricLabel'] {height: auto; min-height: 1.5rem;}
 .block-container .talk-sentence {font-size: 1.9rem;}
+[data-testid='stTable'] td, [data-testid='stTable'] th {font-size: 1.15rem;}
 .stDownloadButton button p, .stButton button p {font-size: 1.1rem; white-space: nowrap;}
 .stDownloadButton button, .stButton button {min-width: max-content;}
 </style>"""

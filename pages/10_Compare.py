@@ -96,9 +96,14 @@ with ui.section("Property table"):
                                      "font-weight: bold"
         return css
 
-    st.dataframe(df.style.apply(_shade, axis=None).format(
+    styled = df.style.apply(_shade, axis=None).format(
         lambda v: core._fmt(v) if isinstance(v, (int, float)) or v is None else str(v),
-        subset=labels), width="stretch", hide_index=True, height=min(36 * len(df) + 40, 900))
+        subset=labels)
+    if figures.presentation_mode():      # an HTML table: its text scales with the talk CSS
+        st.table(styled.hide(axis="index"))
+    else:
+        st.dataframe(styled, width="stretch", hide_index=True,
+                     height=min(36 * len(df) + 40, 900))
     if hot is not None:
         hk, hc = hot
         vals = cmp.table[hk]
@@ -262,64 +267,62 @@ with ui.section("Same items, two spaces"):
     st.subheader("The same items in two spaces")
     c1, c2, c3 = st.columns(3)
     a_lab = c1.selectbox("Space A", labels, index=0, key="compare_pair_a")
-    b_lab = c2.selectbox("Space B", labels, index=min(1, len(labels) - 1), key="compare_pair_b")
+    others = [lab for lab in labels if lab != a_lab]
+    b_lab = c2.selectbox("Space B", others, index=0, key="compare_pair_b")
     pmod = c3.radio("Modality", ["image", "text"], horizontal=True, key="compare_pair_mod")
-    if a_lab == b_lab:
-        st.info("Pick two different spaces.")
+    i, j = labels.index(a_lab), labels.index(b_lab)
+    pr = cmp.pair(a_lab, b_lab, pmod)
+    if not pr.aligned or pr.cka is None:
+        st.info(f"Rows do not align ({pr.reason}), so the cross-space measures are "
+                "left out.")
     else:
-        i, j = labels.index(a_lab), labels.index(b_lab)
-        pr = cmp.pair(a_lab, b_lab, pmod)
-        if not pr.aligned or pr.cka is None:
-            st.info(f"Rows do not align ({pr.reason}), so the cross-space measures are "
-                    "left out.")
-        else:
-            m = st.columns(4)
-            m[0].metric("linear CKA", f"{pr.cka:.3f}", help="Kornblith et al. 2019: 1 = "
-                        "the same space up to rotation and scale.")
-            m[1].metric(f"mutual-kNN@{pr.mutual_knn_k}", f"{pr.mutual_knn:.3f}",
-                        help="Huh et al. 2024: mean overlap of each item's k nearest "
-                             "neighbours in the two spaces. " + measures.MUTUAL_KNN_NOTE)
-            m[2].metric("conformity Spearman", f"{pr.conformity_spearman:.3f}",
-                        help="Do the two spaces agree on which items are typical?")
-            m[3].metric("aligned items", f"{pr.n_used:,}")
-            st.caption(f"Aligned: {pr.reason}." + (f" {pr.note}." if pr.note else ""))
-            pv = C.pair_view(picked, i, j, pmod)
-            sa, sb = C.sides(picked)[i], C.sides(picked)[j]
-            pos = C.scatter_positions(pv)
-            hover = [C.item_label(sa, pmod, pv.rows_a[p])[:120] for p in pos]
-            fig = go.Figure(go.Scattergl(
-                x=pv.conf_a[pos], y=pv.conf_b[pos], mode="markers", name=pmod,
-                customdata=np.asarray(pos)[:, None], text=hover,
-                marker=dict(size=5, opacity=0.6, color=pv.rank_gap[pos],
-                            coloraxis="coloraxis"),
-                hovertemplate="%{text}<br>A: %{x:.3f}<br>B: %{y:.3f}<extra></extra>"))
-            lo = float(min(pv.conf_a.min(), pv.conf_b.min()))
-            hi = float(max(pv.conf_a.max(), pv.conf_b.max()))
-            fig.update_layout(xaxis_title=f"conformity under {a_lab}",
-                              yaxis_title=f"conformity under {b_lab}",
-                              coloraxis=dict(colorscale="RdBu", cmid=0,
-                                             colorbar=dict(title="rank A − B")))
-            event = figures.show(fig, "Each item's conformity (Double-Ellipsoid Def. 1) "
-                                      "under A and under B; colour: its percentile under A "
-                                      "minus under B. Click or box-select items to see "
-                                      "them below.", key="compare-pair", on_select="rerun",
-                                 selection_mode=("points", "box", "lasso"))
-            chosen = selection.rows_from_event(event, fig).get(pmod, np.array([], int))
-            if len(chosen):
-                st.markdown(f"**Selected ({len(chosen)}):**")
-                figures.gallery([(C.item_thumb(sa, pmod, pv.rows_a[p]),
-                                  f"{C.item_label(sa, pmod, pv.rows_a[p])[:90]}\n"
-                                  f"A {pv.conf_a[p]:.5g} · B {pv.conf_b[p]:.5g}")
-                                 for p in chosen[:12]])
-            top, bottom = C.disagreements(pv, 8)
-            for title, picks in ((f"Typical under {a_lab}, atypical under {b_lab}", top),
-                                 (f"Typical under {b_lab}, atypical under {a_lab}", bottom)):
-                st.markdown(f"**{title}**")
-                figures.gallery([(C.item_thumb(sa, pmod, pv.rows_a[p]),
-                                  f"{C.item_label(sa, pmod, pv.rows_a[p])[:90]}\n"
-                                  f"A {pv.conf_a[p]:.5g} · B {pv.conf_b[p]:.5g} "
-                                  f"(percentile gap {pv.rank_gap[p]:+.2f})")
-                                 for p in picks])
+        m = st.columns(4)
+        m[0].metric("linear CKA", f"{pr.cka:.3f}", help="Kornblith et al. 2019: 1 = "
+                    "the same space up to rotation and scale.")
+        m[1].metric(f"mutual-kNN@{pr.mutual_knn_k}", f"{pr.mutual_knn:.3f}",
+                    help="Huh et al. 2024: mean overlap of each item's k nearest "
+                         "neighbours in the two spaces. " + measures.MUTUAL_KNN_NOTE)
+        m[2].metric("conformity Spearman", f"{pr.conformity_spearman:.3f}",
+                    help="Do the two spaces agree on which items are typical?")
+        m[3].metric("aligned items", f"{pr.n_used:,}")
+        st.caption(f"Aligned: {pr.reason}." + (f" {pr.note}." if pr.note else ""))
+        pv = C.pair_view(picked, i, j, pmod)
+        sa, sb = C.sides(picked)[i], C.sides(picked)[j]
+        pos = C.scatter_positions(pv)
+        hover = [C.item_label(sa, pmod, pv.rows_a[p])[:120] for p in pos]
+        fig = go.Figure(go.Scattergl(
+            x=pv.conf_a[pos], y=pv.conf_b[pos], mode="markers", name=pmod,
+            customdata=np.asarray(pos)[:, None], text=hover,
+            marker=dict(size=5, opacity=0.6, color=pv.rank_gap[pos],
+                        coloraxis="coloraxis"),
+            hovertemplate="%{text}<br>A: %{x:.3f}<br>B: %{y:.3f}<extra></extra>"))
+        lo = float(min(pv.conf_a.min(), pv.conf_b.min()))
+        hi = float(max(pv.conf_a.max(), pv.conf_b.max()))
+        fig.update_layout(xaxis_title=f"conformity under {a_lab}",
+                          yaxis_title=f"conformity under {b_lab}",
+                          coloraxis=dict(colorscale="RdBu", cmid=0,
+                                         colorbar=dict(title="rank A − B")))
+        event = figures.show(fig, "Each item's conformity (Double-Ellipsoid Def. 1) "
+                                  "under A and under B; colour: its percentile under A "
+                                  "minus under B. Click or box-select items to see "
+                                  "them below.", key="compare-pair", on_select="rerun",
+                             selection_mode=("points", "box", "lasso"))
+        chosen = selection.rows_from_event(event, fig).get(pmod, np.array([], int))
+        if len(chosen):
+            st.markdown(f"**Selected ({len(chosen)}):**")
+            figures.gallery([(C.item_thumb(sa, pmod, pv.rows_a[p]),
+                              f"{C.item_label(sa, pmod, pv.rows_a[p])[:90]}\n"
+                              f"A {pv.conf_a[p]:.5g} · B {pv.conf_b[p]:.5g}")
+                             for p in chosen[:12]])
+        top, bottom = C.disagreements(pv, 8)
+        for title, picks in ((f"Typical under {a_lab}, atypical under {b_lab}", top),
+                             (f"Typical under {b_lab}, atypical under {a_lab}", bottom)):
+            st.markdown(f"**{title}**")
+            figures.gallery([(C.item_thumb(sa, pmod, pv.rows_a[p]),
+                              f"{C.item_label(sa, pmod, pv.rows_a[p])[:90]}\n"
+                              f"A {pv.conf_a[p]:.5g} · B {pv.conf_b[p]:.5g} "
+                              f"(percentile gap {pv.rank_gap[p]:+.2f})")
+                             for p in picks])
 
 # ---------------------------------------------------------------- all pairs
 with ui.section("All cross-space pairs"):

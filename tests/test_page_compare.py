@@ -120,6 +120,7 @@ def test_the_gap_and_norm_overlays_show_each_side_in_its_own_colour(bundled_home
     xi, xt = (arr(t["x"]) for t in trained)
     assert abs(xi.mean() - xt.mean()) > 3 * max(xi.std(), xt.std())
     # the unaligned pairs say why instead of showing numbers
+    at.selectbox(key="compare_pair_a").set_value("gap-convirt").run()
     at.selectbox(key="compare_pair_b").set_value("demo").run()
     assert any("do not align" in i.value for i in at.info)
 
