@@ -39,6 +39,8 @@ BENCHMARKS = {
     "report": ("report", ["--repeat", "2"], ["--n", "10000"]),
     # Approximate FAISS index at 1M x 512: several minutes and ~5 GB RSS.
     "index_recall": ("index_recall", [], ["--n", "20000", "--queries", "100"]),
+    # clipgeom.compare of three aligned 100,000 x 512 datasets (issue 11)
+    "compare": ("compare", [], ["--n", "5000", "--dim", "128"]),
 }
 
 
