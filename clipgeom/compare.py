@@ -81,6 +81,8 @@ MEASURES: tuple[tuple[str, str], ...] = (
     ("alpha_sweep.text.argmin", "alpha-shift argmin (text)"),
     ("loss.accuracy_i2t", "retrieval top-1 i2t"),
     ("loss.accuracy_t2i", "retrieval top-1 t2i"),
+    ("logits.neg_sq_distance.accuracy_i2t", "retrieval top-1 i2t, -||x-y||^2 logits"),
+    ("logits.neg_sq_distance.accuracy_t2i", "retrieval top-1 t2i, -||x-y||^2 logits"),
     ("conformity_kl.at_zero", "conformity KL(image||text) at alpha 0"),
 )
 LABELS = dict(MEASURES)
