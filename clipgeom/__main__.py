@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ClipgeomError
+from .errors import ClipgeomError, InputError
 from .safety import csv_cell
 
 
@@ -80,15 +80,24 @@ def _cmd_synthetic(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from . import report, store
+    from . import moments, report, store
 
     ds = store.open_dataset(args.name)
     progress = None if args.quiet else (lambda m: print(f"... {m}", file=sys.stderr))
     temperature = report.default_temperature(ds) if args.temperature is None \
         else args.temperature
-    rep = report.report_for_dataset(ds, temperature=temperature,
-                                    max_pairs=args.max_pairs, seed=args.seed,
-                                    progress=progress)
+    if args.address and args.engine != "ray":
+        raise InputError("--address is for --engine ray.")
+    rows = args.block_rows or moments.BLOCK_ROWS
+    engine = moments.RayEngine(address=args.address, block_rows=rows) \
+        if args.engine == "ray" else moments.LocalEngine(rows)
+    try:
+        # the stored report: the dashboard's Home page reads this same file
+        rep = report.stored_report(ds, temperature=temperature, max_pairs=args.max_pairs,
+                                   seed=args.seed, progress=progress, engine=engine,
+                                   recompute=args.recompute)
+    finally:
+        engine.close()
     if args.json:
         json.dump(rep, sys.stdout, allow_nan=False)
         sys.stdout.write("\n")
@@ -197,17 +206,33 @@ def _spec(args):
     return ModelSpec(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint)
 
 
-def _run_job(args, items) -> int:
+def _embed(args, source, progress):
+    """The local job, or the Ray engine (``--engine ray``) for an ItemList or
+    WebDataset shards."""
+    if getattr(args, "engine", "local") == "ray":
+        from . import ray_engine
+
+        ray_opts = ray_engine.RayOptions(address=args.address, workers=args.workers,
+                                         gpus_per_worker=args.gpus_per_worker)
+        return ray_engine.run(args.name, source, _spec(args), _job_options(args), ray_opts,
+                              progress=progress)
     from . import job
 
-    for s in items.skipped[:20]:
+    if getattr(args, "address", None) or getattr(args, "gpus_per_worker", None) is not None:
+        raise ClipgeomError("--address and --gpus-per-worker go with --engine ray.")
+    return job.run(args.name, source, _spec(args), _job_options(args), progress=progress)
+
+
+def _run_job(args, items) -> int:
+    skipped_before = getattr(items, "skipped", [])   # WebDataset shards on Ray: found later
+    for s in skipped_before[:20]:
         print(f"skipped {s.item}: {s.reason}", file=sys.stderr)
-    if len(items.skipped) > 20:
-        print(f"... and {len(items.skipped) - 20} more skipped (listed in the manifest)",
+    if len(skipped_before) > 20:
+        print(f"... and {len(skipped_before) - 20} more skipped (listed in the manifest)",
               file=sys.stderr)
     bars = _Bars()
     try:
-        ds = job.run(args.name, items, _spec(args), _job_options(args), progress=bars)
+        ds = _embed(args, items, bars)
     finally:
         bars.close()
     skipped = ds.manifest.get("skipped") or []
@@ -223,6 +248,10 @@ def _run_job(args, items) -> int:
 def _cmd_embed(args) -> int:
     from . import ingest
 
+    if sum(bool(x) for x in (args.images, args.zip, args.webdataset)) > 1:
+        raise ClipgeomError("give one of --images DIR, --zip FILE or --webdataset SHARDS.")
+    if args.webdataset:
+        return _embed_webdataset(args)
     if args.zip:
         import shutil
         import tempfile
@@ -239,9 +268,30 @@ def _cmd_embed(args) -> int:
         finally:
             shutil.rmtree(work, ignore_errors=True)
     if not args.images:
-        raise ClipgeomError("give --images DIR (with --captions FILE) or --zip FILE.")
+        raise ClipgeomError("give --images DIR (with --captions FILE), --zip FILE or "
+                            "--webdataset SHARDS.")
     items = ingest.from_folder(args.images, args.captions, strict=args.strict)
     return _run_job(args, items)
+
+
+def _embed_webdataset(args) -> int:
+    """WebDataset shards: read by Ray Data's reader on the ray engine; by
+    tarfile (images written to a work folder beside the datasets) locally."""
+    import shutil
+    import tempfile
+
+    from . import store, webdataset
+
+    shards = webdataset.Shards.of(args.webdataset)
+    if args.engine == "ray":
+        return _run_job(args, shards)
+    uploads = store.home() / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{args.name}-", dir=uploads))
+    try:
+        return _run_job(args, webdataset.from_webdataset(shards, work, strict=args.strict))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _cmd_coco(args) -> int:
@@ -338,6 +388,36 @@ def _cmd_demo_coco(args) -> int:
     return _cmd_coco(args)
 
 
+def _cmd_jobs(args) -> int:
+    from . import background
+
+    cmd = args.jobs_command or "list"
+    if cmd == "run":                     # the worker process of a background job
+        return background.run_worker(args.id, args.attempt)
+    if cmd == "list":
+        jobs = background.list_jobs()
+        if args.json:
+            print(json.dumps([j.to_json() for j in jobs], indent=1))
+            return 0
+        for j in jobs:
+            prog = j.progress
+            where = (f" {prog.get('stage')}: {prog.get('done', 0):,} of {prog.get('total', 0):,}"
+                     if prog and j.state not in background.TERMINAL else "")
+            extra = f" -> {j.result}" if j.result else (f": {j.error}" if j.error else "")
+            print(f"{j.id}  {j.label:<24} {j.title}{where}{extra}")
+        return 0
+    if cmd == "cancel":
+        print(f"{args.id}: {background.cancel(args.id).label}")
+        return 0
+    if cmd == "resume":
+        print(f"{args.id}: {background.resume(args.id).label}")
+        return 0
+    if cmd == "log":
+        print(background.log_tail(args.id, args.lines))
+        return 0
+    raise ClipgeomError(f"unknown jobs command {cmd!r}")
+
+
 def _add_job_args(s):
     s.add_argument("--model", default="ViT-B-32",
                    help="open_clip architecture, or a model config .json")
@@ -345,12 +425,25 @@ def _add_job_args(s):
     s.add_argument("--checkpoint", default=None, help="local weights file for --model")
     s.add_argument("--batch-size", type=int, default=None)
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: auto)")
-    s.add_argument("--workers", type=int, default=None, help="image decoding processes")
+    s.add_argument("--workers", type=int, default=None,
+                   help="image decoding processes (with --engine ray: model actors)")
     s.add_argument("--chunk-rows", type=int, default=1024, help="rows per resumable chunk")
     s.add_argument("--resume", action="store_true", help="continue an interrupted job")
     s.add_argument("--strict", action="store_true", help="stop at the first bad item")
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--no-index", action="store_true", help="skip building FAISS indexes")
+
+
+def _add_engine_args(s):
+    s.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process; ray: Ray Data, on a local Ray or a cluster "
+                        "(needs the 'ray' extra)")
+    s.add_argument("--address", default=None,
+                   help="with --engine ray: the Ray cluster (host:6379 or ray://host:10001; "
+                        "default $RAY_ADDRESS, else a local Ray)")
+    s.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="with --engine ray: GPUs per model actor (default 1 when the "
+                        "cluster has GPUs, else 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -392,6 +485,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pairs used as one batch for the loss (seeded sample above)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    s.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="where the passes over all rows run: row blocks in this process "
+                        "(default) or Ray tasks (a local Ray, or --address)")
+    s.add_argument("--address", default=None,
+                   help="Ray cluster address for --engine ray (e.g. auto, ray://host:10001); "
+                        "workers must see the dataset's files at the same path")
+    s.add_argument("--recompute", action="store_true",
+                   help="recompute even if a stored report exists (and replace it)")
+    s.add_argument("--block-rows", type=int, default=None,
+                   help="rows per block (one task) of the passes over all rows "
+                        "(default 16384)")
     s.set_defaults(func=_cmd_report)
 
     s = sub.add_parser("compare", help="compare datasets or training snapshots side by side")
@@ -419,7 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", help="folder of images")
     s.add_argument("--captions", help="CSV/TSV/JSONL with columns image, caption [, label]")
     s.add_argument("--zip", help="one zip with the same layout (instead of --images)")
+    s.add_argument("--webdataset", metavar="SHARDS",
+                   help="WebDataset tar shards as img2dataset writes them (jpg/png + txt "
+                        "per key), e.g. 'shards/{00000..00099}.tar' (quoted), or a folder")
     _add_job_args(s)
+    _add_engine_args(s)
     s.set_defaults(func=_cmd_embed)
 
     s = sub.add_parser("coco", help="embed MS-COCO (captions JSON + image folder)")
@@ -428,6 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", required=True, help="folder with the COCO images")
     s.add_argument("--limit", type=int, default=None, help="first N images, all captions")
     _add_job_args(s)
+    _add_engine_args(s)
     s.set_defaults(func=_cmd_coco)
 
     s = sub.add_parser("fetch-coco", help="download COCO captions + the first N images")
@@ -488,6 +597,22 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("delete", help="delete a user dataset")
     s.add_argument("name")
     s.set_defaults(func=_cmd_delete)
+
+    jobs = sub.add_parser("jobs", help="background jobs (uploads from the dashboard): "
+                                       "list, cancel, resume, log")
+    jobs.set_defaults(func=_cmd_jobs, jobs_command=None, json=False)
+    jsub = jobs.add_subparsers(dest="jobs_command")
+    s = jsub.add_parser("list", help="every job, newest first")
+    s.add_argument("--json", action="store_true")
+    for verb, text in (("cancel", "stop a job and mark it cancelled"),
+                       ("resume", "restart an interrupted job from its finished chunks")):
+        jsub.add_parser(verb, help=text).add_argument("id")
+    s = jsub.add_parser("log", help="the end of a job's log")
+    s.add_argument("id")
+    s.add_argument("-n", "--lines", type=int, default=40)
+    s = jsub.add_parser("run")           # the worker itself (started by the job runner)
+    s.add_argument("id")
+    s.add_argument("--attempt", type=int, required=True)
     return p
 
 

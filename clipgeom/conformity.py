@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import validate
-from ._chunks import DEFAULT_CHUNK, column_mean, matvec, rmatvec, row_chunks, row_norms
+from . import moments, validate
+from ._chunks import DEFAULT_CHUNK, column_mean, matvec, row_chunks, row_norms
 from .errors import InputError
+from .moments import BLOCK_ROWS
 from .geometry import HistogramPair, histogram_kl
 
 
@@ -25,16 +26,39 @@ def exact_conformity(x, reference=None, *, chunk: int = DEFAULT_CHUNK) -> np.nda
     s = sum_k u_k, C(v_j) = (u_j . s - 1) / (N - 1); never builds the N x N
     matrix. With ``reference`` (another set S), C(v_j) = u_j . s_S / |S|:
     the mean cosine of each row of ``x`` to every member of S.
+
+    Two passes over row blocks (norms and s together, then u_j . s), float32
+    products with float64 sums; an array checked when its dataset was opened
+    is not scanned again (:func:`clipgeom.validate.mark_checked`).
     """
     x = validate.embeddings(x, "embeddings")
-    norms = row_norms(x, chunk)
     if reference is None:
-        s = rmatvec(x, 1.0 / norms, chunk)                    # sum of unit rows
+        s, norms = _unit_sum(x, chunk, keep_norms=True)
         return (matvec(x, s, chunk) / norms - 1.0) / (x.shape[0] - 1)
     ref = validate.embeddings(reference, "reference embeddings", min_rows=1)
     validate.same_width(x, ref, "embeddings", "reference embeddings")
-    s = rmatvec(ref, 1.0 / row_norms(ref, chunk), chunk)
-    return matvec(x, s, chunk) / norms / ref.shape[0]
+    s, _ = _unit_sum(ref, chunk, keep_norms=False)
+    return matvec(x, s, chunk) / row_norms(x, chunk) / ref.shape[0]
+
+
+def _unit_sum(x, chunk: int, keep_norms: bool):
+    """(sum of the unit rows, the row norms or None) in one pass over blocks.
+
+    Squared norms are summed in float32 (einsum's vector lanes: 3-4x faster
+    than a float64 cast, relative error ~1e-7, the precision of the float32
+    products that follow)."""
+    norms = np.empty(x.shape[0], dtype=np.float64) if keep_norms else None
+    s = np.zeros(x.shape[1], dtype=np.float64)
+    for sl in row_chunks(x.shape[0], chunk):
+        block = np.asarray(x[sl], dtype=np.float32)
+        sq = np.einsum("ij,ij->i", block, block)
+        if not (np.all(sq > 0) and np.all(np.isfinite(sq))):   # float32 under/overflow
+            sq = np.einsum("ij,ij->i", block, block, dtype=np.float64)
+        nb = np.sqrt(sq.astype(np.float64))
+        if keep_norms:
+            norms[sl] = nb
+        s += ((1.0 / nb).astype(np.float32) @ block).astype(np.float64)
+    return s, norms
 
 
 def cos_to_mean(x, mean=None, *, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
@@ -70,38 +94,54 @@ class ConformityFit:
     b_paper: float
     theory_a: float
     theory_a_paper: float
+    mean_exact: float | None = None     # from the moments (the arrays may be absent)
 
     @property
     def mean(self) -> float:
-        return float(self.exact.mean())
+        return float(self.exact.mean()) if self.mean_exact is None else float(self.mean_exact)
 
 
-def fit_conformity(x, *, chunk: int = DEFAULT_CHUNK) -> ConformityFit:
-    """Exact conformity, its estimate a cos(m, v) + b, and Prop. 1's slope."""
+def fit_conformity(x, *, chunk: int = BLOCK_ROWS) -> ConformityFit:
+    """Exact conformity, its estimate a cos(m, v) + b, and Prop. 1's slope.
+
+    Two mergeable passes (:mod:`clipgeom.moments`, float64): the mean, norms
+    and sum of unit rows, then per row C(v_j) and cos(m, v_j) with their
+    co-moments, from which the least-squares fits and Pearson's r follow.
+    """
     x = validate.embeddings(x, "embeddings")
     if x.shape[0] < 3:
         raise InputError("conformity fits need at least 3 rows.")
-    exact = exact_conformity(x, chunk=chunk)
-    m = column_mean(x, chunk)
-    c = cos_to_mean(x, m, chunk=chunk)
-    a, b = _ols(c, exact)
-    a_rev, b_rev = _ols(exact, c)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = float(np.corrcoef(c, exact)[0, 1]) if np.std(c) > 0 and np.std(exact) > 0 \
-            else float("nan")
-    rms = float(np.sqrt(np.mean(row_norms(x, chunk) ** 2)))
-    theory = float(np.linalg.norm(m) / rms)
-    return ConformityFit(exact=exact, cos_mean=c, estimated=a * c + b, a=a, b=b,
-                         pearson=r, a_paper=a_rev, b_paper=b_rev, theory_a=theory,
-                         theory_a_paper=1.0 / theory if theory > 0 else float("inf"))
+    eng = moments.LocalEngine(chunk)
+    first = moments.first_moments(x, engine=eng, scatter=False)
+    sec = moments.second_moments(x, conformity_constants(first, keep=("conformity", "cos_mean")),
+                                 engine=eng)
+    return fit_from_moments(first, sec)
 
 
-def _ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Least-squares y ~ a x + b (np.polyfit, degree 1)."""
-    if np.std(x) == 0:
-        return float("nan"), float(np.mean(y))
-    a, b = np.polyfit(np.asarray(x, np.float64), np.asarray(y, np.float64), 1)
-    return float(a), float(b)
+def conformity_constants(first: "moments.FirstMoments", **kw) -> "moments.SecondConstants":
+    """Pass-2 constants for exact conformity and cos(m, v) (Def. 1-2)."""
+    if not np.linalg.norm(first.mean) > 0:
+        raise InputError("the mean vector is zero, so the cosine to it is undefined.")
+    first.require_directions("conformity")
+    return moments.SecondConstants(mean=first.mean, unit_sum=first.unit_sum,
+                                   n_total=first.n, **kw)
+
+
+def fit_from_moments(first: "moments.FirstMoments", sec: "moments.SecondMoments"
+                     ) -> ConformityFit:
+    """:class:`ConformityFit` from pass 1 and pass 2 (per-row arrays where kept)."""
+    a, b = moments.ols_from_moments(sec, "cos_mean", "conformity")
+    a_rev, b_rev = moments.ols_from_moments(sec, "conformity", "cos_mean")
+    r = moments.pearson_from_moments(sec, "cos_mean", "conformity")
+    theory = float(np.linalg.norm(first.mean) / np.sqrt(first.mean_sq_norm))
+    exact = sec.kept.get("conformity")
+    cos = sec.kept.get("cos_mean")
+    return ConformityFit(exact=exact, cos_mean=cos,
+                         estimated=None if cos is None else a * cos + b,
+                         a=a, b=b, pearson=r, a_paper=a_rev, b_paper=b_rev,
+                         theory_a=theory,
+                         theory_a_paper=1.0 / theory if theory > 0 else float("inf"),
+                         mean_exact=sec.mean("conformity"))
 
 
 def shifted_conformity(x, alpha: float, *, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
@@ -113,32 +153,24 @@ def shifted_conformity(x, alpha: float, *, chunk: int = DEFAULT_CHUNK) -> np.nda
     return shifted_conformity_many(x, [alpha], chunk=chunk)[:, 0]
 
 
-def shifted_conformity_many(x, alphas, *, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+def shifted_conformity_many(x, alphas, *, chunk: int = BLOCK_ROWS) -> np.ndarray:
     """:func:`shifted_conformity` for several alphas at once: [N, len(alphas)].
 
     The alpha-independent parts (mean, v.m, ||v||) are computed once, and all
-    alphas share one pass for X^T W and one for X S.
+    alphas share one pass for X^T W and one for X S
+    (:class:`clipgeom.moments.ShiftConstants`).
     """
     x = validate.embeddings(x, "embeddings")
     alphas = np.asarray(alphas, dtype=np.float64).ravel()
-    n = x.shape[0]
-    m = column_mean(x, chunk)
-    vm = matvec(x, m, chunk)
-    nn = row_norms(x, chunk) ** 2
-    n2 = nn[:, None] - 2 * alphas[None, :] * vm[:, None] + alphas[None, :] ** 2 * float(m @ m)
-    if np.any(n2 <= 1e-24):
-        row, col = np.argwhere(n2 <= 1e-24)[0]
-        raise InputError(f"alpha={alphas[col]} maps row {int(row)} to the zero vector.")
-    w = 1.0 / np.sqrt(n2)                                       # [N, A]
-    s = np.zeros((x.shape[1], len(alphas)))
-    for sl in row_chunks(n, chunk):
-        s += np.asarray(x[sl], np.float64).T @ w[sl]
-    s -= m[:, None] * (alphas * w.sum(0))[None, :]              # [d, A]
-    dots = np.empty((n, len(alphas)))
-    for sl in row_chunks(n, chunk):
-        dots[sl] = np.asarray(x[sl], np.float64) @ s
-    dots -= (alphas * (m @ s))[None, :]
-    return (dots * w - 1.0) / (n - 1)
+    eng = moments.LocalEngine(chunk)
+    first = moments.first_moments(x, engine=eng, scatter=False)
+    sec = moments.second_moments(x, moments.SecondConstants(mean=first.mean, alphas=alphas),
+                                 engine=eng)
+    c = moments.ShiftConstants.from_pass(first.mean, alphas, sec.xtw, sec.wsum, first.n)
+    out = np.empty((x.shape[0], len(alphas)))
+    for start, stop in eng.blocks(x.shape[0]):
+        out[start:stop] = moments.shifted_block(np.asarray(x[start:stop], np.float64), c, start)
+    return out
 
 
 @dataclass(frozen=True)
@@ -170,12 +202,16 @@ def conformity_kl(image, text, *, bins: int = 50) -> HistogramPair:
 
 
 def conformity_kl_sweep(image, text, alphas, *, modality: str = "both",
-                        bins: int = 50, chunk: int = DEFAULT_CHUNK) -> ConformityKLSweep:
+                        bins: int = 50, chunk: int = BLOCK_ROWS, engine=None
+                        ) -> ConformityKLSweep:
     """KL(image || text) of conformity while shifting by alpha m (Double-Ellipsoid Fig. 11).
 
     ``modality`` says which set is shifted (each by its own mean): "both"
     (the default, as in the figure), "image" or "text". Paper: smallest near
-    alpha = 0, KL ~ 0.14 there on MS-COCO.
+    alpha = 0, KL ~ 0.14 there on MS-COCO. Histograms as in
+    :func:`clipgeom.geometry.histogram_kl` (pooled range per alpha); computed
+    in mergeable passes over row blocks (:mod:`clipgeom.moments`), never
+    holding N x len(alphas) values.
     """
     if modality not in ("image", "text", "both"):
         raise InputError(f"modality must be image, text or both, got {modality!r}.")
@@ -183,14 +219,24 @@ def conformity_kl_sweep(image, text, alphas, *, modality: str = "both",
     text = validate.embeddings(text, "text embeddings")
     validate.same_width(image, text, "image embeddings", "text embeddings")
     alphas = np.asarray(alphas, dtype=np.float64)
+    eng = engine if isinstance(engine, moments.LocalEngine) else moments.LocalEngine(chunk)
+    ai, at = sweep_alphas(alphas, modality)
+    fi = moments.first_moments(image, engine=eng, scatter=False)
+    ft = moments.first_moments(text, engine=eng, scatter=False)
+    si = moments.second_moments(image, moments.SecondConstants(mean=fi.mean, alphas=ai), engine=eng)
+    st = moments.second_moments(text, moments.SecondConstants(mean=ft.mean, alphas=at), engine=eng)
+    kls = moments.shifted_conformity_kl(image, text, fi, ft, si, st, ai, at, len(alphas), bins,
+                                        engine=eng)
+    return ConformityKLSweep(alpha=alphas, kl=kls, modality=modality, bins=bins)
+
+
+def sweep_alphas(alphas, modality: str) -> tuple[np.ndarray, np.ndarray]:
+    """The shifts applied to (image, text) for a sweep that shifts ``modality``
+    ("both", "image" or "text"); the other modality gets the single shift 0."""
+    alphas = np.asarray(alphas, dtype=np.float64)
     zero = np.zeros(1)
-    ci = shifted_conformity_many(image, alphas if modality in ("image", "both") else zero,
-                                 chunk=chunk)
-    ct = shifted_conformity_many(text, alphas if modality in ("text", "both") else zero,
-                                 chunk=chunk)
-    kls = [histogram_kl(ci[:, min(k, ci.shape[1] - 1)], ct[:, min(k, ct.shape[1] - 1)],
-                        bins=bins).kl for k in range(len(alphas))]
-    return ConformityKLSweep(alpha=alphas, kl=np.array(kls), modality=modality, bins=bins)
+    return (alphas if modality in ("image", "both") else zero,
+            alphas if modality in ("text", "both") else zero)
 
 
 def frequency_correlation(conformity_values, frequency) -> dict:
@@ -228,7 +274,7 @@ def query_conformity(query, reference, *, chunk: int = DEFAULT_CHUNK) -> np.ndar
     q = validate.embeddings(q, "query embedding", min_rows=1)
     ref = validate.embeddings(reference, "reference embeddings", min_rows=1)
     validate.same_width(q, ref, "query embedding", "reference embeddings")
-    s = rmatvec(ref, 1.0 / row_norms(ref, chunk), chunk)
+    s, _ = _unit_sum(ref, chunk, keep_norms=False)
     q64 = q.astype(np.float64)
     return (q64 @ s) / np.linalg.norm(q64, axis=1) / ref.shape[0]
 

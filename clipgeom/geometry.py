@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import validate
-from ._chunks import DEFAULT_CHUNK, column_mean, row_chunks
+from . import moments, validate
+from .moments import BLOCK_ROWS
 
 # Supervised fits (SVM, logistic regression) are quadratic-ish in N; above
 # this many rows per modality they run on a seeded sample (stated in results).
@@ -44,29 +44,21 @@ class ModalitySummary:
         return self.std ** 2
 
 
-def summarize(x: np.ndarray, name: str = "embeddings", chunk: int = DEFAULT_CHUNK
+def summarize(x: np.ndarray, name: str = "embeddings", chunk: int = BLOCK_ROWS
               ) -> ModalitySummary:
     """Mean, std, covariance, raw and centred norms of one modality.
 
-    Two chunked passes, float64 accumulation, so a memory-mapped array of any
-    length is read without being copied whole.
+    Two passes over row blocks (:mod:`clipgeom.moments`: the mergeable mean
+    and scatter, then the norms given the mean), float64 accumulation, so a
+    memory-mapped array of any length is read without being copied whole.
     """
     x = validate.embeddings(x, name, allow_zero=True)
-    n, d = x.shape
-    mean = column_mean(x, chunk)
-    scatter = np.zeros((d, d), dtype=np.float64)
-    norms = np.empty(n, dtype=np.float64)
-    cnorms = np.empty(n, dtype=np.float64)
-    for sl in row_chunks(n, chunk):
-        block = np.asarray(x[sl], dtype=np.float64)
-        norms[sl] = np.sqrt(np.einsum("ij,ij->i", block, block))
-        block -= mean
-        cnorms[sl] = np.sqrt(np.einsum("ij,ij->i", block, block))
-        scatter += block.T @ block
-    cov = scatter / n
-    std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
-    return ModalitySummary(mean=mean, std=std, cov=cov, norms=norms,
-                           centered_norms=cnorms)
+    eng = moments.LocalEngine(chunk)
+    first = moments.first_moments(x, engine=eng)
+    sec = moments.second_moments(
+        x, moments.SecondConstants(mean=first.mean, keep=("norm", "centred_norm")), engine=eng)
+    return ModalitySummary(mean=first.mean, std=first.std, cov=first.cov,
+                           norms=sec.kept["norm"], centered_norms=sec.kept["centred_norm"])
 
 
 # --------------------------------------------------------------------------
@@ -132,14 +124,18 @@ def histogram_kl(a: np.ndarray, b: np.ndarray, bins: int = 50,
     if hi <= lo:
         hi = lo + 1.0
     edges = np.linspace(lo, hi, bins + 1)
-    pa = np.histogram(a, edges)[0].astype(np.float64)
-    pb = np.histogram(b, edges)[0].astype(np.float64)
-    pa = np.maximum(pa / pa.sum(), floor)
-    pb = np.maximum(pb / pb.sum(), floor)
+    return histogram_pair(edges, np.histogram(a, edges)[0], np.histogram(b, edges)[0], floor)
+
+
+def histogram_pair(edges, counts_a, counts_b, floor: float = 1e-6) -> HistogramPair:
+    """:class:`HistogramPair` from two histograms' counts on shared ``edges``
+    (as :func:`histogram_kl` makes them: floored at ``floor``, renormalised)."""
+    pa = np.maximum(np.asarray(counts_a, np.float64) / np.sum(counts_a), floor)
+    pb = np.maximum(np.asarray(counts_b, np.float64) / np.sum(counts_b), floor)
     pa /= pa.sum()
     pb /= pb.sum()
-    kl = float(np.sum(pa * np.log(pa / pb)))
-    return HistogramPair(edges=edges, first=pa, second=pb, kl=kl)
+    return HistogramPair(edges=np.asarray(edges, np.float64), first=pa, second=pb,
+                         kl=float(np.sum(pa * np.log(pa / pb))))
 
 
 def feature_kl(image: np.ndarray, text: np.ndarray, feature: int,
@@ -246,14 +242,26 @@ class ThinShell:
 def thin_shell(summary: ModalitySummary) -> ThinShell:
     """Thin-shell statistics of one modality (Double-Ellipsoid Eq. 1-4)."""
     c = summary.centered_norms
-    mu = float(c.mean())
-    var = float(c.var())
-    rms = float(np.sqrt(np.mean(c ** 2)))
+    return _shell(float(c.mean()), float(c.var()), float(summary.norms.mean()),
+                  float(summary.norms.var()))
+
+
+def thin_shell_from_moments(first: "moments.FirstMoments",
+                            second: "moments.SecondMoments") -> ThinShell:
+    """:func:`thin_shell` from mergeable moments (pass 1: ||v||; pass 2:
+    ||v - m||), the report's streaming form."""
+    return _shell(second.mean("centred_norm"), second.var("centred_norm"),
+                  first.norm_mean, first.norm_var)
+
+
+def _shell(mu: float, var: float, raw_mean: float, raw_var: float) -> ThinShell:
+    var = max(var, 0.0)
+    rms = float(np.sqrt(var + mu * mu))          # sqrt(E||x||^2) = sqrt(mu^2 + var(y))
+    # (rms - mu) / mu without cancellation: rms - mu = var / (rms + mu)
     return ThinShell(mean_norm=mu, norm_var=var, rms_norm=rms,
-                     rms_rel_error=(rms - mu) / mu if mu > 0 else float("nan"),
-                     shell_std=float(np.sqrt(var)),
-                     raw_mean_norm=float(summary.norms.mean()),
-                     raw_norm_std=float(summary.norms.std()))
+                     rms_rel_error=var / (rms + mu) / mu if mu > 0 else float("nan"),
+                     shell_std=float(np.sqrt(var)), raw_mean_norm=raw_mean,
+                     raw_norm_std=float(np.sqrt(max(raw_var, 0.0))))
 
 
 def off_diagonal_dominance(cov: np.ndarray) -> np.ndarray:

@@ -35,17 +35,34 @@ import) and non-finite rows are indexed as zero vectors: they score 0 against
 every query, so they rank after every positively similar item but are never a
 crash. Their count is recorded as ``params["zero_rows"]``.
 
+Building reads the array in blocks of :data:`CHUNK` rows (a memory map is
+read with ``preadv``, so its pages are never mapped into the process): peak
+memory is the index plus a block. The exact index is allocated once at its
+final size; the IVF index trains on a seeded sample, assigns every block to
+its lists (pass 1), allocates each list at its final size and writes the
+blocks into them (pass 2). When an IVF index's vectors (n x d float32)
+exceed :func:`memory_budget` (an eighth of physical memory, or
+``$CLIPGEOM_INDEX_MEMORY_MB``) its lists are written straight to a file
+(faiss's ``OnDiskInvertedLists`` layout) and searched through a read-only
+memory map: the process holds the quantizer, the page cache holds the lists.
+Same lists, same results as in memory.
+
 On disk, in ``ds.index_dir`` (outside ``assets/`` for bundled datasets)::
 
     <modality>.faiss   faiss.write_index output (written to a temp file, then
-                       os.replace'd into place)
+                       os.replace'd into place); for an on-disk IVF index only
+                       its header (quantizer, list sizes and offsets)
+    <modality>.ivfdata the lists of an on-disk IVF index (params["ondisk"]
+                       records its size, sha256 and mtime)
     <modality>.json    {fingerprint, modality, n, dim, kind, params, built,
                         build_seconds, faiss_version, file_sha256, file_bytes}
 
 An index is used only when its metadata names the dataset's current
-fingerprint and the file's size and sha256 match; otherwise (missing, stale,
+fingerprint and the file's size and sha256 match (the ``.ivfdata`` file: its
+size, and its sha256 when its mtime changed); otherwise (missing, stale,
 corrupt, unreadable) :func:`load_index` rebuilds it. Loaded indexes are kept
-in an in-process cache keyed by (dataset path, modality, fingerprint).
+in an in-process cache keyed by (dataset path, modality, fingerprint);
+:func:`build_index` writes what it built and lets go of it.
 """
 
 from __future__ import annotations
@@ -61,10 +78,13 @@ import os
 # loaded, i.e. before ``import faiss`` (setdefault keeps a user's choice).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import contextlib  # noqa: E402
 import datetime as _dt  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import mmap  # noqa: E402
+import secrets  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
@@ -75,7 +95,7 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ._atomic import replacing
-from . import validate  # noqa: E402
+from . import threads, validate  # noqa: E402
 from ._chunks import row_chunks  # noqa: E402
 from .errors import DatasetError, InputError  # noqa: E402
 
@@ -83,6 +103,11 @@ from .errors import DatasetError, InputError  # noqa: E402
 EXACT_LIMIT = 200_000
 #: Index kinds: "flat" (exact) and "ivf" (approximate).
 KINDS = ("flat", "ivf")
+#: Where an IVF index keeps its lists: "memory", or "disk" (``<modality>.ivfdata``).
+STORAGES = ("memory", "disk")
+#: Bytes of vectors an in-memory IVF index may hold (None: :func:`memory_budget`'s
+#: default, an eighth of physical memory; ``$CLIPGEOM_INDEX_MEMORY_MB`` wins).
+MEMORY_BUDGET: int | None = None
 MODALITIES = ("image", "text")
 #: Recall@10 the approximate index must reach against exact search ...
 RECALL_GOAL = 0.95
@@ -94,7 +119,8 @@ CALIBRATION_QUERIES = 200
 TRAIN_PER_LIST = 40
 KMEANS_ITER = 10
 SEED = 0
-#: Rows per chunk read from a memory map (32768 x 512 float32 = 64 MiB).
+#: Rows per block read from the array while building (32768 x 512 float32 =
+#: 64 MiB): the build's working memory beyond the index itself.
 CHUNK = 32768
 _CAL_K = 10
 #: Batches of at least this many queries on an IVF index are searched list by
@@ -194,16 +220,100 @@ def _clean_block(block: np.ndarray) -> int:
     return int(np.count_nonzero(~np.any(block != 0, axis=1)))
 
 
-def _read_block(x, sl) -> np.ndarray:
-    # np.array copies: normalisation must never write into the memmap.
-    return np.array(x[sl], dtype=np.float32, order="C", copy=True)
+def _mapped_file(x) -> tuple[str, int] | None:
+    """(file, byte position of row 0) when ``x`` is a C-contiguous row range of
+    a ``np.memmap`` (what ``np.load(mmap_mode="r")`` returns), else None."""
+    mm = getattr(x, "_mmap", None)
+    if (not isinstance(x, np.memmap) or mm is None or x.ndim != 2
+            or not x.flags.c_contiguous or not x.dtype.isnative
+            or not getattr(x, "filename", None)):
+        return None
+    try:
+        map_start = int(x.offset) - int(x.offset) % mmap.ALLOCATIONGRANULARITY
+        map_addr = np.frombuffer(mm, dtype=np.uint8).ctypes.data
+        return str(x.filename), map_start + (x.ctypes.data - map_addr)
+    except (TypeError, ValueError, AttributeError, OSError):  # closed or odd map
+        return None
+
+
+class _RowReader:
+    """Row blocks of a 2-D array as fresh float32 C arrays (safe to normalise
+    in place: the source is never written).
+
+    For a memory map of a ``.npy`` file the rows are read with ``preadv``
+    straight into the block: nothing of the map is touched, so the process's
+    resident memory holds one block rather than every page of the map it
+    has read (mapped file pages count in RSS until the kernel reclaims
+    them: at 1M x 512 that is 2 GB per modality). Any other array is sliced.
+    """
+
+    def __init__(self, x):
+        self.x = x
+        self.n, self.d = int(x.shape[0]), int(x.shape[1])
+        self._fd = None
+        src = _mapped_file(x)
+        if src is not None and self.n > 0:
+            path, self._pos0 = src
+            self._row_bytes = self.d * x.dtype.itemsize
+            try:
+                self._fd = os.open(path, os.O_RDONLY)
+                if self._pread(0, 1).tobytes() != np.asarray(x[:1]).tobytes():
+                    self.close()          # not where we computed: slice instead
+            except OSError:
+                self.close()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _pread(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
+        buf = np.empty((count, self.d), dtype=self.x.dtype) if out is None else out
+        view = memoryview(buf.reshape(-1).view(np.uint8))
+        pos = self._pos0 + start * self._row_bytes
+        while len(view):
+            got = os.preadv(self._fd, [view], pos)
+            if got <= 0:
+                raise OSError(f"short read from {self.x.filename} at byte {pos}")
+            view, pos = view[got:], pos + got
+        return buf
+
+    def block(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop-1, float32, C-contiguous, a copy."""
+        if self._fd is None:
+            return np.array(self.x[start:stop], dtype=np.float32, order="C", copy=True)
+        if self.x.dtype == np.float32:
+            return self._pread(start, stop - start)
+        return self._pread(start, stop - start).astype(np.float32)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (sorted, unique), float32, a copy; runs of consecutive
+        rows are read with one call each."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.d), dtype=np.float32)
+        if self._fd is None:
+            for s in range(0, len(rows), CHUNK):
+                out[s:s + CHUNK] = self.x[rows[s:s + CHUNK]]
+            return out
+        cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(rows)]):
+            if self.x.dtype == np.float32:
+                self._pread(int(rows[a]), int(b - a), out[a:b])
+            else:
+                out[a:b] = self._pread(int(rows[a]), int(b - a))
+        return out
 
 
 def _gather_rows(x, rows: np.ndarray) -> np.ndarray:
     """Rows (sorted) of a possibly memory-mapped array, normalised float32."""
-    out = np.empty((len(rows), x.shape[1]), dtype=np.float32)
-    for s in range(0, len(rows), CHUNK):
-        out[s:s + CHUNK] = x[rows[s:s + CHUNK]]
+    with _RowReader(x) as reader:
+        out = reader.take(rows)
     _clean_block(out)
     return out
 
@@ -268,43 +378,73 @@ def _calibrate(index, queries, truth, self_rows, target, k=_CAL_K):
 def build_faiss_index(x, kind: str = "flat", *, queries: np.ndarray | None = None,
                       query_rows: np.ndarray | None = None, seed: int = SEED,
                       progress: Progress | None = None,
-                      target: float = CALIBRATION_TARGET) -> tuple[faiss.Index, dict]:
+                      target: float = CALIBRATION_TARGET,
+                      ondisk: str | Path | None = None) -> tuple[faiss.Index, dict]:
     """Build an inner-product index over the L2-normalised rows of ``x``.
 
-    ``x``: float array [n, d], typically a memory map; it is read in chunks of
-    :data:`CHUNK` rows (each copied, cleaned, normalised with
-    ``faiss.normalize_L2`` and added), so it is never held twice in memory.
-    ``kind``: "flat" (exact) or "ivf". For "ivf", ``queries`` (normalised
-    float32 [q, d]) calibrate nprobe; ``query_rows[i]`` is the row of ``x``
-    query i is (left out of its own neighbours), or -1. Without them,
-    :data:`CALIBRATION_QUERIES` seeded rows of ``x`` are used.
+    ``x``: float array [n, d], typically a memory map. It is read in blocks
+    of :data:`CHUNK` rows (:class:`_RowReader`: each block a fresh float32
+    copy, cleaned and normalised with ``faiss.normalize_L2``), so peak memory
+    is the index plus a block, never the array twice:
+
+    * "flat" (exact): the index's storage is allocated once at its final
+      size and the blocks are copied into it (growing it block by block
+      would double its capacity on the way, and copy it at every growth);
+    * "ivf": the coarse quantizer is trained on a seeded sample of rows
+      (:data:`TRAIN_PER_LIST` per list); pass 1 assigns every block to its
+      list (and searches it exactly for the calibration queries); the lists
+      are then allocated at their final sizes, and pass 2 writes each block's
+      rows into them. With ``ondisk`` (a file path) the lists are written to
+      that file (faiss's ``OnDiskInvertedLists`` layout, with ``pwrite``:
+      no list is ever in memory) and the returned index reads them through a
+      read-only memory map: its memory is the quantizer, not the vectors.
+
+    For "ivf", ``queries`` (normalised float32 [q, d]) calibrate nprobe;
+    ``query_rows[i]`` is the row of ``x`` query i is (left out of its own
+    neighbours), or -1. Without them, :data:`CALIBRATION_QUERIES` seeded rows
+    of ``x`` are used.
 
     Returns (index, params): params record everything needed to explain and
     reproduce the index (nlist, nprobe, training sample, calibration recall,
-    stage timings, zero rows).
+    stage timings, zero rows, storage).
     """
     if kind not in KINDS:
         raise InputError(f"index kind must be one of {', '.join(KINDS)}, got {kind!r}.")
     n, d = int(x.shape[0]), int(x.shape[1])
     if n < 1 or d < 1:
         raise InputError(f"cannot index an array of shape {tuple(x.shape)}.")
-    params: dict = {"metric": "inner_product", "normalized": True, "threads": THREADS}
-    if kind == "flat":
-        index = faiss.IndexFlatIP(d)
-        zero = 0
-        for sl in row_chunks(n, CHUNK):
-            block = _read_block(x, sl)
-            zero += _clean_block(block)
-            index.add(block)
-            _progress(progress, sl.stop, n, "add")
-        params["zero_rows"] = zero
-        return index, params
+    params: dict = {"metric": "inner_product", "normalized": True, "threads": THREADS,
+                    "block_rows": int(CHUNK)}
+    with _RowReader(x) as reader:
+        if kind == "flat":
+            if ondisk is not None:
+                raise InputError("an exact (flat) index is kept in memory; only an "
+                                 "'ivf' index can keep its vectors on disk.")
+            index = faiss.IndexFlatIP(d)
+            index.codes.resize(n * d * 4)        # its final size, allocated once
+            index.ntotal = n
+            xb = faiss.rev_swig_ptr(index.get_xb(), n * d).reshape(n, d)
+            zero = 0
+            for sl in row_chunks(n, CHUNK):
+                block = reader.block(sl.start, sl.stop)
+                zero += _clean_block(block)
+                xb[sl] = block
+                _progress(progress, sl.stop, n, "add")
+            params.update(zero_rows=zero, storage="memory")
+            return index, params
+        index, ivf_params = _build_ivf(reader, queries, query_rows, seed, progress, target,
+                                       None if ondisk is None else Path(ondisk))
+    params.update(ivf_params)
+    return index, params
 
-    # ---- IVF ---------------------------------------------------------------
+
+def _build_ivf(reader: _RowReader, queries, query_rows, seed, progress, target,
+               ondisk: Path | None):
+    n, d = reader.n, reader.d
     nlist = nlist_for(n)
     train_n = min(n, TRAIN_PER_LIST * nlist)
     if queries is None:
-        query_rows, queries = sample_queries(x, CALIBRATION_QUERIES, seed + 1)
+        query_rows, queries = sample_queries(reader.x, CALIBRATION_QUERIES, seed + 1)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     query_rows = (np.full(len(queries), -1, np.int64) if query_rows is None
                   else np.asarray(query_rows, dtype=np.int64))
@@ -314,7 +454,8 @@ def build_faiss_index(x, kind: str = "flat", *, queries: np.ndarray | None = Non
     _progress(progress, 0, 1, "train")
     rng = np.random.default_rng(seed)
     train_rows = np.sort(rng.choice(n, size=train_n, replace=False))
-    train = _gather_rows(x, train_rows)
+    train = reader.take(train_rows)
+    _clean_block(train)
     quantizer = faiss.IndexFlatIP(d)
     index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = int(seed)
@@ -328,33 +469,80 @@ def build_faiss_index(x, kind: str = "flat", *, queries: np.ndarray | None = Non
     t_train = time.perf_counter() - t0
     _progress(progress, 1, 1, "train")
 
-    # One pass over the rows: add them, and search them exactly for the
-    # calibration queries at the same time (faiss.knn per chunk, merged).
+    # Pass 1: every row's list (the quantizer's nearest centroid, as
+    # index.add would assign it), and the exact neighbours of the
+    # calibration queries (faiss.knn per block, merged in a heap).
     t0 = time.perf_counter()
     heap = faiss.ResultHeap(len(queries), cal_k, keep_max=True) if len(queries) else None
+    assign = np.empty(n, dtype=np.int64)      # 8 bytes a row: 8 MB per million
     zero = 0
     for sl in row_chunks(n, CHUNK):
-        block = _read_block(x, sl)
+        block = reader.block(sl.start, sl.stop)
         zero += _clean_block(block)
-        index.add(block)
+        _, a = index.quantizer.search(block, 1)
+        assign[sl] = a[:, 0]
         if heap is not None:
             kk = min(cal_k, block.shape[0])
             D, I = faiss.knn(queries, block, kk, metric=faiss.METRIC_INNER_PRODUCT)
             heap.add_result(D, I + sl.start)
-        _progress(progress, sl.stop, n, "add")
+        _progress(progress, sl.stop, 2 * n, "add")
+    sizes = np.bincount(assign, minlength=nlist).astype(np.uint64)
+
+    # Pass 2: the lists at their final sizes, each block's rows written in
+    # row order (what index.add gives).
+    code_size = index.code_size
+    if ondisk is None:
+        invlists = faiss.downcast_InvertedLists(index.invlists)
+        for lst in np.flatnonzero(sizes):
+            invlists.resize(int(lst), int(sizes[lst]))
+        write = _array_lists_writer(invlists)
+        fd = None
+    else:
+        invlists, offsets, total = _ondisk_lists(nlist, code_size, sizes, ondisk)
+        fd = os.open(ondisk, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        write = _file_lists_writer(fd, offsets, sizes, code_size)
+    try:
+        if fd is not None:
+            os.ftruncate(fd, total)
+        filled = np.zeros(nlist, dtype=np.int64)
+        for sl in row_chunks(n, CHUNK):
+            block = reader.block(sl.start, sl.stop)
+            _clean_block(block)
+            a = assign[sl]
+            order = np.argsort(a, kind="stable")
+            lists = a[order]
+            codes = np.ascontiguousarray(block[order]).view(np.uint8)
+            ids = order + sl.start
+            cuts = np.flatnonzero(np.diff(lists)) + 1
+            for s, e in zip(np.r_[0, cuts], np.r_[cuts, len(lists)]):
+                lst = int(lists[s])
+                write(lst, int(filled[lst]), ids[s:e], codes[s:e])
+                filled[lst] += e - s
+            _progress(progress, n + sl.stop, 2 * n, "add")
+        if fd is not None:
+            os.fsync(fd)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    assert np.array_equal(filled, sizes.astype(np.int64))
+    if ondisk is not None:
+        _map_ondisk(index, invlists, ondisk)
+    index.ntotal = n
+    del assign
     t_add = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     _progress(progress, 0, 1, "calibrate")
     if heap is not None:
         heap.finalize()
-        nprobe, cal_recall = _calibrate(index, queries, heap.I, query_rows, target)
+        with threads.policy("faiss_search"):  # many small searches: one thread
+            nprobe, cal_recall = _calibrate(index, queries, heap.I, query_rows, target)
     else:  # pragma: no cover - no usable calibration rows
         nprobe, cal_recall = nlist, 1.0
         index.nprobe = nlist
     t_cal = time.perf_counter() - t0
     _progress(progress, 1, 1, "calibrate")
-    params.update({
+    return index, {
         "nlist": nlist, "nprobe": nprobe,
         "scan_fraction": round(nprobe / nlist, 4),
         "quantizer": "IndexFlatIP", "spherical_kmeans": True,
@@ -363,10 +551,63 @@ def build_faiss_index(x, kind: str = "flat", *, queries: np.ndarray | None = Non
         "calibration_k": _CAL_K, "calibration_queries": int(len(queries)),
         "calibration_recall": round(cal_recall, 4),
         "zero_rows": zero,
+        "storage": "memory" if ondisk is None else "disk",
         "stage_seconds": {"train": round(t_train, 3), "add": round(t_add, 3),
                           "calibrate": round(t_cal, 3)},
-    })
-    return index, params
+    }
+
+
+def _array_lists_writer(invlists):
+    """Write rows into an in-memory ArrayInvertedLists already sized."""
+    def write(lst, offset, ids, codes):
+        invlists.update_entries(lst, offset, len(ids), faiss.swig_ptr(ids),
+                                faiss.swig_ptr(codes))
+    return write
+
+
+def _ondisk_lists(nlist: int, code_size: int, sizes: np.ndarray, path: Path):
+    """An OnDiskInvertedLists for ``path`` with every list at its final size,
+    not yet mapped; (lists, byte offset of each list, file size). faiss's
+    layout: list l at offset[l] holds its codes (size * code_size bytes),
+    then its ids (size int64)."""
+    invlists = faiss.OnDiskInvertedLists(nlist, code_size, str(path))
+    invlists.set_all_lists_sizes(faiss.swig_ptr(np.ascontiguousarray(sizes, np.uint64)))
+    lists = invlists.lists
+    offsets = np.fromiter((lists.at(i).offset for i in range(nlist)), np.int64, nlist)
+    total = int(np.sum(sizes.astype(np.int64) * (code_size + 8)))
+    invlists.totsize = total
+    return invlists, offsets, total
+
+
+def _file_lists_writer(fd: int, offsets: np.ndarray, sizes: np.ndarray, code_size: int):
+    def write(lst, offset, ids, codes):
+        base = int(offsets[lst])
+        _pwrite_all(fd, codes, base + offset * code_size)
+        _pwrite_all(fd, np.ascontiguousarray(ids, np.int64),
+                    base + int(sizes[lst]) * code_size + offset * 8)
+    return write
+
+
+def _pwrite_all(fd: int, arr: np.ndarray, pos: int) -> None:
+    view = memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+    while len(view):
+        k = os.pwrite(fd, view, pos)
+        view, pos = view[k:], pos + k
+
+
+def _open_ondisk(invlists, path: Path) -> None:
+    """Memory-map ``path`` (read-only) as the data of on-disk lists."""
+    invlists.filename = str(path)
+    invlists.read_only = True
+    invlists.prefetch_nthread = 0      # no prefetch threads per search (2 cores)
+    invlists.do_mmap()
+
+
+def _map_ondisk(index, invlists, path: Path) -> None:
+    """Give ``index`` the on-disk lists of ``path``, memory-mapped read-only."""
+    _open_ondisk(invlists, path)
+    index.replace_invlists(invlists, True)
+    invlists.this.disown()             # the index owns (and frees) the lists now
 
 
 def ivf_batch_search(index, queries: np.ndarray, k: int):
@@ -450,6 +691,38 @@ def exact_limit() -> int:
     return int(EXACT_LIMIT)
 
 
+def memory_budget() -> int:
+    """Bytes of vectors an approximate (IVF) index may hold in memory; above
+    it the index keeps its lists on disk (memory-mapped, read-only).
+
+    ``$CLIPGEOM_INDEX_MEMORY_MB`` when set, else :data:`MEMORY_BUDGET`, else
+    an eighth of the machine's physical memory (3 GiB on 24 GiB: 1,000,000 x
+    512 float32 = 2 GB per modality stays in memory; a dashboard holding both
+    modalities' indexes then uses at most a quarter of the machine).
+    """
+    env = os.environ.get("CLIPGEOM_INDEX_MEMORY_MB", "").strip()
+    if env:
+        try:
+            return max(0, int(float(env) * 2 ** 20))
+        except ValueError:
+            raise InputError(
+                f"CLIPGEOM_INDEX_MEMORY_MB must be a number of MiB, got {env!r}."
+            ) from None
+    if MEMORY_BUDGET is not None:
+        return int(MEMORY_BUDGET)
+    try:
+        phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - non-POSIX
+        phys = 8 * 2 ** 30
+    return int(max(256 * 2 ** 20, phys // 8))
+
+
+def storage_for(kind: str, n: int, dim: int) -> str:
+    """"disk" for an IVF index whose vectors (n x dim float32) exceed
+    :func:`memory_budget`, else "memory" (an exact index is always in memory)."""
+    return "disk" if kind == "ivf" and n * dim * 4 > memory_budget() else "memory"
+
+
 def _array(ds, modality: str) -> np.ndarray:
     return ds.image_emb if modality == "image" else ds.text_emb
 
@@ -485,6 +758,47 @@ def _prepare_queries(queries, dim: int, name: str = "queries") -> np.ndarray:
 def _paths(ds, modality: str, d: Path | None = None) -> tuple[Path, Path]:
     d = ds.index_dir if d is None else d
     return d / f"{modality}.faiss", d / f"{modality}.json"
+
+
+def _data_path(ds, modality: str, d: Path | None = None) -> Path:
+    """The lists of an on-disk IVF index (``<modality>.faiss`` is then only its
+    header: quantizer, list sizes and offsets)."""
+    d = ds.index_dir if d is None else d
+    return d / f"{modality}.ivfdata"
+
+
+def _storage(info: IndexInfo) -> str:
+    return info.params.get("storage", "memory") if info.kind == "ivf" else "memory"
+
+
+def _files_present(ds, modality: str, info: IndexInfo, d: Path | None = None) -> bool:
+    """The index files have the sizes the metadata records (a cheap check)."""
+    path, _ = _paths(ds, modality, d)
+    try:
+        if path.stat().st_size != info.file_bytes:
+            return False
+        if _storage(info) == "disk":
+            od = info.params.get("ondisk") or {}
+            return _data_path(ds, modality, d).stat().st_size == od.get("bytes")
+    except OSError:
+        return False
+    return True
+
+
+def _data_ok(path: Path, od: dict) -> bool:
+    """An on-disk index's data file is the one its metadata describes: same
+    size, and same sha256 unless its mtime is the recorded one (hashing
+    gigabytes on every load would cost seconds; the store trusts unchanged
+    file stats the same way)."""
+    try:
+        st = path.stat()
+        if st.st_size != od.get("bytes"):
+            return False
+        if st.st_mtime_ns == od.get("mtime_ns"):
+            return True
+        return _sha256(path)[0] == od.get("sha256")
+    except OSError:
+        return False
 
 
 def _shipped_dir(ds) -> Path | None:
@@ -527,15 +841,25 @@ def _read_index(ds, modality: str, info: IndexInfo, d: Path | None = None):
     """faiss.read_index of the stored file, or None if missing/corrupt/stale.
 
     The file's size and sha256 are checked against the metadata first, so a
-    damaged file is never handed to faiss's reader.
+    damaged file is never handed to faiss's reader. An on-disk IVF index is
+    read without its lists, whose file (checked by :func:`_data_ok`) is then
+    memory-mapped read-only.
     """
     path, _ = _paths(ds, modality, d)
+    disk = _storage(info) == "disk"
     try:
         if path.stat().st_size != info.file_bytes:
             return None
         if _sha256(path)[0] != info.file_sha256:
             return None
-        index = faiss.read_index(str(path))
+        if disk:
+            data = _data_path(ds, modality, d)
+            if not _data_ok(data, info.params.get("ondisk") or {}):
+                return None
+            index = faiss.read_index(str(path), faiss.IO_FLAG_SKIP_IVF_DATA
+                                     | faiss.IO_FLAG_READ_ONLY)
+        else:
+            index = faiss.read_index(str(path))
     except Exception:  # OSError, faiss RuntimeError, MemoryError
         return None
     if index.ntotal != info.n or index.d != info.dim \
@@ -544,6 +868,15 @@ def _read_index(ds, modality: str, info: IndexInfo, d: Path | None = None):
     if info.kind == "ivf":
         if not isinstance(index, faiss.IndexIVFFlat):
             return None
+        if disk:
+            lists = faiss.downcast_InvertedLists(index.invlists)
+            if not isinstance(lists, faiss.OnDiskInvertedLists) \
+                    or lists.totsize != info.params["ondisk"]["bytes"]:
+                return None
+            try:
+                _open_ondisk(lists, data)
+            except Exception:
+                return None
         _configure(index, info)
     elif not isinstance(index, faiss.IndexFlat):
         return None
@@ -593,6 +926,13 @@ def _cache_put(ds, modality: str, index, info: IndexInfo) -> None:
         _CACHE[(path, modality, info.fingerprint)] = (index, info)
 
 
+def _cache_drop(ds, modality: str) -> None:
+    path = _ds_key(ds)
+    with _CACHE_LOCK:
+        for key in [k for k in _CACHE if k[0] == path and k[1] == modality]:
+            del _CACHE[key]
+
+
 def _cache_get(ds, modality: str):
     with _CACHE_LOCK:
         return _CACHE.get((_ds_key(ds), modality, ds.fingerprint))
@@ -609,32 +949,48 @@ def clear_cache() -> None:
 # --------------------------------------------------------------------------
 
 def build_index(ds, modality: str, *, force: bool = False, kind: str | None = None,
-                progress: Progress | None = None) -> IndexInfo:
+                progress: Progress | None = None, storage: str | None = None) -> IndexInfo:
     """Build (or reuse) the search index of one modality of ``ds``.
 
     Skips building when a valid index for the dataset's current fingerprint
-    is stored (and, if ``kind`` is given, is of that kind), unless ``force``.
-    ``kind``: None (exact up to :func:`exact_limit` rows, IVF above), "flat"
-    or "ivf". ``progress(done, total, label)`` is called per stage
-    ("train", "add", "calibrate"). Returns the stored metadata.
+    is stored (and, if ``kind`` / ``storage`` are given, is of that kind /
+    storage), unless ``force``. ``kind``: None (exact up to
+    :func:`exact_limit` rows, IVF above), "flat" or "ivf". ``storage``:
+    None (an IVF index goes to disk when its vectors exceed
+    :func:`memory_budget`), "memory" or "disk" (IVF only).
+    ``progress(done, total, label)`` is called per stage ("train", "add",
+    "calibrate"). Returns the stored metadata.
+
+    The built index is written and then let go: a process that builds both
+    modalities (``clipgeom index``, an embedding job) holds one index at a
+    time; :func:`load_index` reads it back when a search needs it.
     """
+    return _build(ds, modality, force=force, kind=kind, progress=progress,
+                  storage=storage, keep=False)
+
+
+def _build(ds, modality, *, force, kind, progress, storage, keep) -> IndexInfo:
     _check_modality(modality)
     _check_kind(kind)
+    if storage is not None and storage not in STORAGES:
+        raise InputError(f"index storage must be None (automatic), 'memory' or 'disk', "
+                         f"got {storage!r}.")
+    if storage == "disk" and kind == "flat":
+        raise InputError("an exact (flat) index is kept in memory; only an 'ivf' index "
+                         "can keep its vectors on disk.")
     with _build_lock(ds, modality):
         if not force:
             info = _read_info(ds, modality)
-            if info is not None and (kind is None or info.kind == kind):
-                path, _ = _paths(ds, modality)
-                try:
-                    ok = path.stat().st_size == info.file_bytes
-                except OSError:
-                    ok = False
-                if ok:
-                    return info
+            if info is not None and (kind is None or info.kind == kind) \
+                    and (storage is None or _storage(info) == storage) \
+                    and _files_present(ds, modality, info):
+                return info
         arr = _array(ds, modality)
-        n = int(arr.shape[0])
+        n, dim = int(arr.shape[0]), int(arr.shape[1])
         if kind is None:
-            kind = "flat" if n <= exact_limit() else "ivf"
+            kind = "ivf" if storage == "disk" or n > exact_limit() else "flat"
+        if storage is None:
+            storage = storage_for(kind, n, dim)
         queries = query_rows = None
         if kind == "ivf":
             # Calibrate on rows of both modalities: same-modality queries
@@ -645,16 +1001,20 @@ def build_index(ds, modality: str, *, force: bool = False, kind: str | None = No
             _, q_other = sample_queries(other, CALIBRATION_QUERIES, SEED + 2)
             queries = np.concatenate([q_own, q_other])
             query_rows = np.concatenate([r_own, np.full(len(q_other), -1, np.int64)])
-        t0 = time.perf_counter()
-        index, params = build_faiss_index(arr, kind, queries=queries,
-                                          query_rows=query_rows, progress=progress)
-        seconds = time.perf_counter() - t0
         path, meta = _paths(ds, modality)
+        data = _data_path(ds, modality)
+        t0 = time.perf_counter()
+        if storage == "disk":
+            index, params = _build_ondisk(arr, data, queries, query_rows, progress)
+        else:
+            index, params = build_faiss_index(arr, kind, queries=queries,
+                                              query_rows=query_rows, progress=progress)
+        seconds = time.perf_counter() - t0
         _write_atomic(path, lambda p: faiss.write_index(index, str(p)))
         sha, size = _sha256(path)
         info = IndexInfo(
             fingerprint=ds.fingerprint, modality=modality, n=n,
-            dim=int(arr.shape[1]), kind=kind, params=params,
+            dim=dim, kind=kind, params=params,
             built=_dt.datetime.now(_dt.timezone.utc)
                      .isoformat(timespec="seconds").replace("+00:00", "Z"),
             build_seconds=round(seconds, 3), faiss_version=faiss.__version__,
@@ -667,15 +1027,51 @@ def build_index(ds, modality: str, *, force: bool = False, kind: str | None = No
                 f.write("\n")
 
         _write_atomic(meta, write_meta)
-        _cache_put(ds, modality, index, info)
+        if storage != "disk":
+            with contextlib.suppress(OSError):   # an older on-disk build's lists
+                data.unlink()
+        if keep:
+            _cache_put(ds, modality, index, info)
+        else:
+            _cache_drop(ds, modality)        # whatever was loaded is now stale
         return info
+
+
+def _build_ondisk(arr, data: Path, queries, query_rows, progress):
+    """build_faiss_index with the lists written to a temporary file beside
+    ``data``, which then replaces ``data`` (a reader that has the old file
+    mapped keeps it: the rename does not touch its inode)."""
+    tmp = data.with_name(f".{data.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    data.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        index, params = build_faiss_index(arr, "ivf", queries=queries,
+                                          query_rows=query_rows, progress=progress,
+                                          ondisk=tmp)
+        os.replace(tmp, data)            # the map follows the file
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise DatasetError(
+            f"Cannot write the search index {data} ({exc}); check free space and "
+            "permissions (or set CLIPGEOM_HOME to a writable folder)."
+        ) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    faiss.downcast_InvertedLists(index.invlists).filename = str(data)  # in the header
+    st = data.stat()
+    params["ondisk"] = {"file": data.name, "bytes": int(st.st_size),
+                        "sha256": _sha256(data)[0], "mtime_ns": int(st.st_mtime_ns)}
+    return index, params
 
 
 def load_index(ds, modality: str) -> tuple[faiss.Index, IndexInfo]:
     """The index of one modality, from the in-process cache or from disk.
 
-    Rebuilds (with :func:`build_index`) when the files are missing, corrupt,
-    or were built for another fingerprint (the dataset changed).
+    Rebuilds (as :func:`build_index` does, keeping the result in the cache)
+    when the files are missing, corrupt, or were built for another
+    fingerprint (the dataset changed).
     """
     _check_modality(modality)
     hit = _cache_get(ds, modality)
@@ -686,25 +1082,50 @@ def load_index(ds, modality: str) -> tuple[faiss.Index, IndexInfo]:
         if hit is not None:
             return hit
         index = info = None
-        stored_kind = None
+        stored_kind = stored_storage = None
         for where in (_shipped_dir, lambda x: x.index_dir):
             d = where(ds)
             if d is None:
                 continue
             info = _read_info(ds, modality, d)
-            if info is not None:
-                stored_kind = stored_kind or info.kind
+            if info is not None and stored_kind is None:
+                stored_kind, stored_storage = info.kind, _storage(info)
             index = _read_index(ds, modality, info, d) if info is not None else None
             if index is not None:
                 break
         if index is None:
-            # Keep a valid stored kind (e.g. an IVF forced on small data).
-            build_index(ds, modality, force=True, kind=stored_kind)
+            # Keep a valid stored kind and storage (e.g. an IVF forced on
+            # small data, or kept on disk).
+            _build(ds, modality, force=True, kind=stored_kind, progress=None,
+                   storage=stored_storage, keep=True)
             hit = _cache_get(ds, modality)
             assert hit is not None
             return hit
         _cache_put(ds, modality, index, info)
         return index, info
+
+
+def stored_info(ds, modality: str) -> IndexInfo | None:
+    """The metadata of an index of ``modality`` that exists for the dataset's
+    current arrays (loaded in this process, or stored with files of the
+    recorded sizes: shipped with a bundled dataset or built before), else
+    None. Never builds: callers that have a brute-force path use the index
+    only when it is there."""
+    _check_modality(modality)
+    hit = _cache_get(ds, modality)
+    if hit is not None:
+        return hit[1]
+    for where in (_shipped_dir, lambda x: x.index_dir):
+        try:
+            d = where(ds)
+        except Exception:          # no writable home: nothing stored there
+            continue
+        if d is None:
+            continue
+        info = _read_info(ds, modality, d)
+        if info is not None and _files_present(ds, modality, info, d):
+            return info
+    return None
 
 
 def search(ds, modality: str, queries, k: int = 10) -> SearchResult:
@@ -719,10 +1140,11 @@ def search(ds, modality: str, queries, k: int = 10) -> SearchResult:
     q = _prepare_queries(queries, ds.dim)
     index, info = load_index(ds, modality)
     kk = min(k, info.n)
-    if info.kind == "ivf" and len(q) >= IVF_BATCH_MIN:
-        scores, rows = ivf_batch_search(index, q, kk)
-    else:
-        scores, rows = index.search(q, kk)
+    with threads.policy("faiss_search"):      # one thread: see clipgeom.threads
+        if info.kind == "ivf" and len(q) >= IVF_BATCH_MIN:
+            scores, rows = ivf_batch_search(index, q, kk)
+        else:
+            scores, rows = index.search(q, kk)
     scores = np.asarray(scores, dtype=np.float32)
     rows = np.asarray(rows, dtype=np.int64)
     if kk < k:

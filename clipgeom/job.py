@@ -58,14 +58,27 @@ class _ImageRows(TorchDataset):
 
     def __getitem__(self, i):
         row = int(self.rows[i])
-        try:
-            img = open_image(self.paths[row], self.limits)
-            make_thumbnail(img, self.thumbs_dir / f"{row:08d}.jpg")
-            return self.preprocess(img), row, None
-        except InputError as exc:
-            return None, row, str(exc)
-        except Exception as exc:  # a decoder bug must not kill a long job
-            return None, row, f"{self.paths[row]}: could not be decoded ({exc})"
+        pixels, err = decode_image(self.paths[row], self.preprocess, self.limits,
+                                   self.thumbs_dir / f"{row:08d}.jpg")
+        return pixels, row, err
+
+
+def decode_image(path, preprocess, limits: ImageLimits, thumb_path: Path, opener=open_image):
+    """Decode, thumbnail and preprocess one image: ``(pixels, None)``, or
+    ``(None, reason)`` when it cannot be used (the reason names ``path``).
+
+    ``opener(path, limits)`` returns the RGB image (:func:`open_image`; the
+    WebDataset reader passes one that decodes a tar member's bytes). Shared by
+    the local job's DataLoader workers and the Ray engine's decoding tasks.
+    """
+    try:
+        img = opener(path, limits)
+        make_thumbnail(img, thumb_path)
+        return preprocess(img), None
+    except InputError as exc:
+        return None, str(exc)
+    except Exception as exc:  # a decoder bug must not kill a long job
+        return None, f"{path}: could not be decoded ({exc})"
 
 
 def _collate(batch):
@@ -248,8 +261,26 @@ def _assemble(name, items: ItemList, lm, job: Path, n_chunks: int, t_chunks: int
             texts.append(z["emb"])
     text_emb = np.concatenate(texts) if texts else np.zeros((0, lm.dim), np.float32)
 
-    images = items.images.iloc[ok_rows].drop(columns=["path"]).reset_index(drop=True)
     thumbs = job / "thumbs"
+    images, texts_df = dataset_tables(items, ok_rows, thumbs, skipped)
+    extra = {"skipped": skipped,
+             "embedding": {"device": str(lm.device), "batch_size": bs,
+                           "autocast": str(lm.autocast_dtype) if lm.autocast_dtype else None,
+                           "truncated_captions": int(truncated),
+                           "context_length": lm.context_length,
+                           "normalized": False}}
+    return store.create_dataset(name, image_emb, text_emb, images, texts_df,
+                                model=_model_manifest(lm), source=items.source,
+                                extra_manifest=extra, overwrite=opts.overwrite, home=h,
+                                thumbs_dir=thumbs)
+
+
+def dataset_tables(items: ItemList, ok_rows: np.ndarray, thumbs: Path, skipped: list):
+    """The stored images and texts tables of the embedded rows ``ok_rows``
+    (sorted rows of ``items.images``): thumbnails ``thumbs/<row:08d>.jpg``
+    renamed to ``t<new row:08d>.jpg`` (others removed), captions of skipped
+    images kept unpaired (noted in ``skipped``). Shared with the Ray engine."""
+    images = items.images.iloc[ok_rows].drop(columns=["path"]).reset_index(drop=True)
     final_thumbs = []
     for new_row, old_row in enumerate(ok_rows):
         src = thumbs / f"{int(old_row):08d}.jpg"
@@ -272,13 +303,4 @@ def _assemble(name, items: ItemList, lm, job: Path, n_chunks: int, t_chunks: int
         skipped.append(dict(item=f"{int(lost.sum())} caption(s)",
                             reason="their image was skipped; kept as unpaired captions"))
         texts_df.loc[lost, "image_id"] = None
-    extra = {"skipped": skipped,
-             "embedding": {"device": str(lm.device), "batch_size": bs,
-                           "autocast": str(lm.autocast_dtype) if lm.autocast_dtype else None,
-                           "truncated_captions": int(truncated),
-                           "context_length": lm.context_length,
-                           "normalized": False}}
-    return store.create_dataset(name, image_emb, text_emb, images, texts_df,
-                                model=_model_manifest(lm), source=items.source,
-                                extra_manifest=extra, overwrite=opts.overwrite, home=h,
-                                thumbs_dir=thumbs)
+    return images, texts_df

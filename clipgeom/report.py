@@ -10,6 +10,14 @@ first), like the paper's 5k MS-COCO pairs, and run on a seeded sample of at
 most ``max_pairs`` pairs: the contrastive loss of a batch depends on its size
 (the uniformity term grows like log N), so a fixed batch keeps numbers
 comparable across datasets, and it keeps the report fast on 100k+ pairs.
+
+Every statistic over all rows (moments, norms, conformity and its fit,
+isotropy, the whitened likelihood, per-feature and conformity histograms, the
+gap measures) comes from mergeable passes over row blocks
+(:mod:`clipgeom.moments`), run in this process (``engine="local"``) or as Ray
+tasks (``engine="ray"``) with the same numbers. What is not one-pass (SVM and
+logistic regression, hubness, the loss, alpha sweeps and cross-modal
+measures) runs on seeded samples, as ``computation`` in the report says.
 """
 
 from __future__ import annotations
@@ -21,9 +29,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import conformity, geometry, loss, measures, projection
+from . import conformity, geometry, loss, measures, moments, threads, validate
 from ._atomic import replacing
-from .errors import DatasetError
+from .errors import DatasetError, InputError
 
 SCHEMA = "clipgeom.report/1"
 DEFAULT_MAX_PAIRS = 5000
@@ -48,16 +56,16 @@ def _clean(obj):
     return obj
 
 
-def _modality_section(x: np.ndarray, summary: geometry.ModalitySummary,
-                      name: str) -> dict:
-    shell = geometry.thin_shell(summary)
-    var = summary.variance
-    odd = geometry.off_diagonal_dominance(summary.cov)
-    fit = conformity.fit_conformity(x)
-    iso = projection.isotropy(x)
-    lam = measures.covariance_eigenvalues(summary.cov)
+def _modality_section(first: moments.FirstMoments, sec: moments.SecondMoments,
+                      dim: int) -> dict:
+    """One modality's block from its pass-1 and pass-2 statistics (all rows)."""
+    shell = geometry.thin_shell_from_moments(first, sec)
+    var = first.variance
+    odd = geometry.off_diagonal_dominance(first.cov)
+    fit = conformity.fit_from_moments(first, sec)
+    lam = measures.covariance_eigenvalues(first.cov)
     return {
-        "n": summary.n,
+        "n": first.n,
         "mean_norm": shell.mean_norm,
         "norm_var": shell.norm_var,
         "rms_norm": shell.rms_norm,
@@ -65,26 +73,44 @@ def _modality_section(x: np.ndarray, summary: geometry.ModalitySummary,
         "shell_radius": shell.mean_norm,
         "shell_std": shell.shell_std,
         "raw_norm": {"mean": shell.raw_mean_norm, "std": shell.raw_norm_std},
-        "mean_vector_norm": float(np.linalg.norm(summary.mean)),
-        "mean_over_sigma": geometry.mean_over_sigma(summary),
+        "mean_vector_norm": float(np.linalg.norm(first.mean)),
+        "mean_over_sigma": geometry.mean_over_sigma(first),
         "variance": {"max": float(var.max()), "median": float(np.median(var)),
                      "max_over_median": float(var.max() / np.median(var))
                      if np.median(var) > 0 else None},
         "odd": {"median": float(np.median(odd)), "frac_above_1": float(np.mean(odd > 1))},
         "top_offset_features": [{"feature": f["feature"], "mean_over_std": f["mean_over_std"]}
-                                for f in geometry.offset_features(summary, 10)],
+                                for f in geometry.offset_features(first, 10)],
         "conformity": {"mean": fit.mean, "a": fit.a, "b": fit.b, "pearson": fit.pearson,
                        "theory_a": fit.theory_a, "a_paper": fit.a_paper,
                        "b_paper": fit.b_paper, "theory_a_paper": fit.theory_a_paper},
-        "isotropy": iso,
+        "isotropy": moments.isotropy_from_log_z(sec.log_z),
         # RankMe (Garrido et al. 2023) and the participation ratio, centred rows
         "effective_rank": measures.effective_rank_from_eigenvalues(lam),
         "participation_ratio": measures.participation_ratio_from_eigenvalues(lam),
-        "effective_rank_note": (f"{summary.n} rows in {x.shape[1]} dimensions: the rank is "
-                                f"at most {summary.n - 1}" if summary.n <= x.shape[1] else ""),
+        "effective_rank_note": (f"{first.n} rows in {dim} dimensions: the rank is "
+                                f"at most {first.n - 1}" if first.n <= dim else ""),
         # whitened likelihood (Betser, Levi & Gilboa 2025) vs exact conformity
-        "likelihood": measures.likelihood_section(x, summary, fit.exact),
+        "likelihood": _likelihood_section(first, sec, dim),
     }
+
+
+def _whitening(first: moments.FirstMoments):
+    """measures.whitened_log_likelihood's W = (C [+ ridge])^{-1/2}, as columns."""
+    lam, vec, rank, ridge = measures.whitening_eigh(first.cov)
+    return vec / np.sqrt(lam), rank, ridge
+
+
+def _likelihood_section(first, sec, dim: int) -> dict:
+    """measures.likelihood_section's block from the streamed log-likelihoods."""
+    _, rank, ridge = _whitening(first)
+    ll = sec.kept["log_likelihood"]
+    note = "" if ridge == 0 else (f"covariance rank {rank} < {dim} (n = {first.n}): "
+                                  f"whitened with a ridge of {ridge:.3g}")
+    return {"conformity_spearman": measures.spearman(ll, sec.kept["conformity"]),
+            "mean": sec.mean("log_likelihood"),
+            "std": float(np.sqrt(max(sec.var("log_likelihood"), 0.0))),
+            "rank": rank, "ridge": ridge, "note": note}
 
 
 def _sweep_dict(sw: loss.AlphaSweep) -> dict:
@@ -98,7 +124,8 @@ def build_report(image: np.ndarray, text: np.ndarray, pair_image_rows: np.ndarra
                  pair_text_rows: np.ndarray, *, dataset: str = "", temperature: float =
                  loss.CLIP_TEMPERATURE, alphas=None, max_pairs: int = DEFAULT_MAX_PAIRS,
                  seed: int = 0, normalized_input: Optional[dict] = None,
-                 progress: Progress = None, reuse: Optional[dict] = None) -> dict:
+                 progress: Progress = None, reuse: Optional[dict] = None,
+                 engine=None) -> dict:
     """Compute the report for raw image/text embeddings and their pairing.
 
     ``pair_image_rows[k]``, ``pair_text_rows[k]`` index pair k (one caption
@@ -107,6 +134,10 @@ def build_report(image: np.ndarray, text: np.ndarray, pair_image_rows: np.ndarra
     ``reuse``: a report of the same arrays and seed (any temperature or pair
     count): its sections that depend on neither are taken as they are and
     only the paired measures are computed (what a temperature change needs).
+
+    ``engine``: where the passes over all rows run: "local" (default: row
+    blocks in this process), "ray" (a local Ray) or a
+    :class:`clipgeom.moments.RayEngine` (e.g. connected to a cluster).
     """
     say = progress or (lambda msg: None)
     alphas = loss.default_alphas() if alphas is None else np.asarray(alphas, float)
@@ -117,18 +148,40 @@ def build_report(image: np.ndarray, text: np.ndarray, pair_image_rows: np.ndarra
         return _clean(_paired_sections(rep, image, text, pair_image_rows, pair_text_rows,
                                        temperature, alphas, max_pairs, seed, say))
     say("modality statistics")
-    s_img = geometry.summarize(image, "image embeddings")
-    s_txt = geometry.summarize(text, "text embeddings")
-    from . import validate
+    # checked once here; the functions below get read-only views and do not rescan
+    image = validate.checked(image, "image embeddings", min_rows=3)
+    text = validate.checked(text, "text embeddings", min_rows=3)
     validate.same_width(image, text, "image embeddings", "text embeddings")
-    sep = geometry.separability(s_img, s_txt)
+    eng = moments.engine_for(engine)
+    try:
+        # float64 GEMM passes: one BLAS thread (clipgeom.threads: on a shared
+        # machine two threads spin at every barrier; 3x the CPU for the same work)
+        with threads.policy("summary"):
+            rep = _all_rows_sections(image, text, pair_image_rows, pair_text_rows,
+                                     dataset=dataset, temperature=temperature, alphas=alphas,
+                                     seed=seed, normalized_input=normalized_input, eng=eng,
+                                     say=say)
+    finally:
+        if eng is not engine:            # made here from a name: stop what it started
+            eng.close()
+    return _clean(_paired_sections(rep, image, text, pair_image_rows, pair_text_rows,
+                                   temperature, alphas, max_pairs, seed, say))
+
+
+def _all_rows_sections(image, text, pair_image_rows, pair_text_rows, *, dataset, temperature,
+                       alphas, seed, normalized_input, eng, say) -> dict:
+    """Every section over all rows (mergeable passes on ``eng``), plus the
+    supervised fits and hubness on their seeded samples: the report without
+    its paired sections."""
+    f_img = moments.first_moments(image, engine=eng, gram=True)
+    f_txt = moments.first_moments(text, engine=eng, gram=True)
+    sep = geometry.separability(f_img, f_txt)
     order = np.argsort(-sep, kind="stable")
     top2 = [int(order[0]), int(order[1])] if len(order) > 1 else [int(order[0])] * 2
+    kl_features = [int(f) for f in order[:3]]
     say("linear separability")
     svm = geometry.svm_top2(image, text, top2, seed=seed)
     lin = geometry.linear_separability(image, text, seed=seed)
-    kl_top = [{"feature": int(f), "kl": geometry.feature_kl(image, text, int(f)).kl}
-              for f in order[:3]]
     norm = normalized_input or {"image": False, "text": False}
     rep: dict = {
         "schema": SCHEMA, "dataset": dataset,
@@ -145,54 +198,100 @@ def build_report(image: np.ndarray, text: np.ndarray, pair_image_rows: np.ndarra
             "svm_top2": {"features": svm.features, "accuracy": svm.accuracy,
                          "weights": svm.weights, "bias": svm.bias, "n_used": svm.n_used},
             "linear_accuracy": lin,
-            "kl_top": kl_top,
+            "kl_top": None,
         },
     }
-    say("image shell, ellipsoid, conformity, isotropy")
-    rep["image"] = _modality_section(image, s_img, "image")
-    say("text shell, ellipsoid, conformity, isotropy")
-    rep["text"] = _modality_section(text, s_txt, "text")
+    # Feature histograms on the pooled range of both modalities (Fig. 2's KL).
+    edges = {f: moments.pooled_edges(min(f_img.col_min[f], f_txt.col_min[f]),
+                                     max(f_img.col_max[f], f_txt.col_max[f]), KL_BINS)
+             for f in kl_features}
+    ai, at = conformity.sweep_alphas(alphas, "both")
+    second = {}
+    for mod, x, first, shifts in (("image", image, f_img, ai), ("text", text, f_txt, at)):
+        say(f"{mod} shell, ellipsoid, conformity, isotropy")
+        consts = conformity.conformity_constants(
+            first, whitening=_whitening(first)[0], iso_vecs=moments.isotropy_vectors(first),
+            alphas=shifts, feature_edges=edges, keep=("conformity", "log_likelihood"))
+        second[mod] = moments.second_moments(x, consts, engine=eng)
+        rep[mod] = _modality_section(first, second[mod], int(x.shape[1]))
+    rep["separability"]["kl_top"] = [
+        {"feature": f, "kl": geometry.histogram_pair(
+            edges[f], second["image"].features[f].counts,
+            second["text"].features[f].counts).kl} for f in kl_features]
     say("hubness (exact kNN, within and across modalities)")
     hub = measures.modality_hubness(image, text, seed=seed)
     rep["image"]["hubness"] = hub["image"]
     rep["text"]["hubness"] = hub["text"]
     say("modality gap, RMG, Fréchet terms")
-    rep["modality_gap"] = _gap_section(image, text, s_img, s_txt, pair_image_rows,
-                                       pair_text_rows)
+    rep["modality_gap"] = _gap_section(image, text, f_img, f_txt, pair_image_rows,
+                                       pair_text_rows, eng)
     say("conformity KL over alpha")
-    kls = conformity.conformity_kl_sweep(image, text, alphas)
+    kl = moments.shifted_conformity_kl(image, text, f_img, f_txt, second["image"],
+                                       second["text"], ai, at, len(alphas), KL_BINS, engine=eng)
+    kls = conformity.ConformityKLSweep(alpha=alphas, kl=kl, modality="both", bins=KL_BINS)
     rep["conformity_kl"] = {"alpha": kls.alpha, "kl": kls.kl, "at_zero": kls.at_zero,
                             "argmin": kls.argmin, "modality": kls.modality, "bins": kls.bins}
+    rep["computation"] = {"engine": eng.name, "all_rows": list(ALL_ROWS),
+                          "sampled": _sampled_notes(image, text, seed)}
+    return rep
 
-    return _clean(_paired_sections(rep, image, text, pair_image_rows, pair_text_rows,
-                                   temperature, alphas, max_pairs, seed, say))
+
+KL_BINS = 50
+ALL_ROWS = ("moments and separability", "thin shell and norms", "variance, ODD, offsets",
+            "conformity and its fit", "isotropy", "effective rank", "whitened likelihood",
+            "per-feature KL", "modality gap, instance gap, RMG, Fréchet terms",
+            "conformity KL over alpha")
 
 
-def _gap_section(image, text, s_img, s_txt, pair_image_rows, pair_text_rows) -> dict:
+def _sampled_notes(image, text, seed: int) -> dict:
+    """What runs on a seeded sample instead of all rows (not one-pass)."""
+    fit = (f"seeded sample (seed {seed}) of at most {geometry.FIT_SAMPLE:,} rows per "
+           "modality" if max(image.shape[0], text.shape[0]) > geometry.FIT_SAMPLE
+           else "all rows")
+    hub = (f"seeded sample (seed {seed}) of at most {measures.HUBNESS_SAMPLE:,} rows per "
+           "modality" if max(image.shape[0], text.shape[0]) > measures.HUBNESS_SAMPLE
+           else "all rows")
+    return {"svm_top2": fit, "linear_accuracy": fit, "hubness": hub}
+
+
+def _gap_section(image, text, f_img, f_txt, pair_image_rows, pair_text_rows, eng) -> dict:
     """Gap measures on all rows and all pairs (Liang et al. 2022; Schrodi et al.
-    2025; the Fréchet distance of the raw embeddings' Gaussians)."""
-    fr = measures.frechet_from_summaries(s_img, s_txt)
-    out = {"centroid_distance": geometry.centroid_distance(s_img, s_txt),
-           "mean_cosine": geometry.mean_cosine(s_img, s_txt),
-           "normalized_centroid_distance": measures.normalized_centroid_distance(image, text),
+    2025; the Fréchet distance of the raw embeddings' Gaussians), from the
+    pass-1 moments and one pass over the pairs."""
+    fr = measures.frechet_from_summaries(f_img, f_txt)
+    out = {"centroid_distance": geometry.centroid_distance(f_img, f_txt),
+           "mean_cosine": geometry.mean_cosine(f_img, f_txt),
+           "normalized_centroid_distance": float(np.linalg.norm(f_img.unit_mean
+                                                                - f_txt.unit_mean)),
            "instance_gap": None, "rmg": None, "rmg_convention": measures.RMG_CONVENTION,
            "rmg_parts": None,
            "frechet": {"total": fr.total, "mean_term": fr.mean_term, "cov_term": fr.cov_term,
                        "space": "raw embeddings, population covariances"}}
-    if len(pair_image_rows) > 0:
-        out["instance_gap"] = measures.instance_gap(image, text, pair_image_rows,
-                                                    pair_text_rows)
-        rmg = measures.relative_modality_gap(image, text, pair_image_rows, pair_text_rows)
-        out["rmg"] = rmg.value
-        out["rmg_parts"] = {"matching": rmg.matching, "intra_image": rmg.intra_image,
-                            "intra_text": rmg.intra_text, "n_pairs": rmg.n_pairs}
+    ii = np.asarray(pair_image_rows, dtype=np.int64).ravel()
+    tt = np.asarray(pair_text_rows, dtype=np.int64).ravel()
+    if ii.shape != tt.shape:
+        raise InputError(f"pair index arrays differ in length ({len(ii)} vs {len(tt)}).")
+    if ii.size and (ii.min() < 0 or ii.max() >= image.shape[0]
+                    or tt.min() < 0 or tt.max() >= text.shape[0]):
+        raise InputError("a pair index is outside the image or text rows.")
+    if ii.size:
+        gaps = moments.pair_gaps(image, text, ii, tt, engine=eng)
+        # RelativeModalityGap of measures.relative_modality_gap, from the moments
+        matching = float(gaps.mean[1])
+        intra_i = (1.0 - f_img.mean_offdiag_cos) / 2.0
+        intra_t = (1.0 - f_txt.mean_offdiag_cos) / 2.0
+        den = matching + (intra_i + intra_t) / 2.0
+        out["instance_gap"] = float(gaps.mean[0])
+        out["rmg"] = matching / den if den > 0 else float("nan")
+        out["rmg_parts"] = {"matching": matching, "intra_image": float(intra_i),
+                            "intra_text": float(intra_t), "n_pairs": int(ii.size)}
     return out
 
 
 # Sections that depend on neither the temperature nor the pair sample size.
 _UNPAIRED_KEYS = ("schema", "n_images", "n_texts", "n_pairs", "dim", "normalized_input",
                   "normalized_input_by_modality", "separability", "image", "text",
-                  "modality_gap", "conformity_kl", "seed_unpaired")
+                  "modality_gap", "conformity_kl", "seed_unpaired", "computation")
 
 
 def _reusable(reuse, image, text, seed, alphas) -> bool:
@@ -213,6 +312,10 @@ def _paired_sections(rep, image, text, pair_image_rows, pair_text_rows, temperat
     """Loss, EuCLIP logits and alpha sweeps on the seeded pair sample (Eq. 7-9, 14-15)."""
     norm = rep["normalized_input_by_modality"]
     rep["seed_unpaired"] = int(seed)
+    comp = dict(rep.get("computation") or {})     # a copy: ``reuse`` stays as it was
+    sampled = dict(comp.get("sampled") or {})
+    comp["sampled"] = sampled
+    rep["computation"] = comp
     unavailable = {}
     n_pairs = len(pair_image_rows)
     if n_pairs < 2:
@@ -232,7 +335,8 @@ def _paired_sections(rep, image, text, pair_image_rows, pair_text_rows, temperat
         vi = np.asarray(image[np.asarray(pair_image_rows)[pick]], dtype=np.float32)
         vt = np.asarray(text[np.asarray(pair_text_rows)[pick]], dtype=np.float32)
         say(f"loss on {len(pick)} pairs under four logits")
-        geo = loss.logit_comparison(vi, vt, temperature)
+        with threads.policy("loss"):
+            geo = loss.logit_comparison(vi, vt, temperature)
         cos = geo["cosine"]
         rep["loss"] = {"total": cos.total, "alignment": cos.alignment,
                        "uniformity": cos.uniformity, "accuracy_i2t": cos.accuracy_i2t,
@@ -247,11 +351,16 @@ def _paired_sections(rep, image, text, pair_image_rows, pair_text_rows, temperat
         if rep["cross_modal"] is None:
             unavailable["cross_modal"] = (f"the dataset has {n_pairs} pairs; CKA and "
                                           "mutual-kNN need at least 3")
+        batch = (f"seeded sample (seed {seed}) of {len(pick):,} of {n_pairs:,} pairs"
+                 if len(pick) < n_pairs else f"all {n_pairs:,} pairs as one batch")
+        for key in ("loss", "logits", "alpha_sweep", "cross_modal"):
+            sampled[key] = batch
         rep["alpha_sweep"] = {}
         for mod in ("image", "text", "both"):
             say(f"alpha sweep ({mod})")
-            rep["alpha_sweep"][mod] = _sweep_dict(
-                loss.alpha_sweep(vi, vt, alphas, mod, temperature))
+            with threads.policy("alpha_sweep"):
+                rep["alpha_sweep"][mod] = _sweep_dict(
+                    loss.alpha_sweep(vi, vt, alphas, mod, temperature))
     if n_pairs == 0:
         unavailable["instance_gap"] = unavailable["rmg"] = (
             "the dataset has no image-caption pairs; the instance gap and RMG compare pairs")
@@ -287,9 +396,15 @@ def _cross_modal(vi, vt, seed, n_pairs, say) -> Optional[dict]:
 def default_temperature(ds) -> float:
     """The dataset's model's own learned τ where the manifest records it
     (``model.temperature``), else CLIP's 0.01: what the dashboard and CLI use
-    unless told otherwise."""
+    unless told otherwise.
+
+    Rounded to 4 decimals and kept within [0.001, 1], as the dashboard's τ
+    control shows it, so ``clipgeom report`` stores the very report the
+    dashboard's Home page reads (:func:`stored_report` keys on τ)."""
     t = (ds.manifest.get("model") or {}).get("temperature")
-    return float(t) if isinstance(t, (int, float)) and t > 0 else loss.CLIP_TEMPERATURE
+    if not (isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0):
+        return loss.CLIP_TEMPERATURE
+    return min(max(round(float(t), 4), 0.001), 1.0)
 
 
 def report_for_dataset(ds, **kwargs) -> dict:
@@ -309,15 +424,21 @@ def _cache_name(ds, params: dict) -> str:
 
 def stored_report(ds, *, temperature: float = loss.CLIP_TEMPERATURE,
                   max_pairs: int = DEFAULT_MAX_PAIRS, seed: int = 0,
-                  progress: Progress = None, reuse: Optional[dict] = None) -> dict:
+                  progress: Progress = None, reuse: Optional[dict] = None,
+                  engine=None, recompute: bool = False) -> dict:
     """:func:`report_for_dataset`, computed once per dataset fingerprint and
     parameters and kept as JSON in the dataset's cache folder (a bundled
     dataset may ship its reports in ``<dataset>/cache``). A report takes
-    seconds to minutes; reading it back takes milliseconds."""
+    seconds to minutes; reading it back takes milliseconds. The CLI's
+    ``report`` and the dashboard both go through here, so whichever computes
+    a report first computes it for both. ``engine`` is not part of the key
+    (both engines give the same numbers); ``recompute`` ignores a stored one
+    and replaces it."""
     params = {"temperature": float(temperature), "max_pairs": int(max_pairs),
               "seed": int(seed)}
     name = _cache_name(ds, params)
-    for where in (lambda d: d.shipped_dir("cache"), lambda d: d.cache_dir):
+    for where in (() if recompute else
+                  (lambda d: d.shipped_dir("cache"), lambda d: d.cache_dir)):
         folder = where(ds)
         if folder is not None and (folder / name).is_file():
             try:
@@ -328,7 +449,7 @@ def stored_report(ds, *, temperature: float = loss.CLIP_TEMPERATURE,
                 continue                  # valid JSON but not a report: recompute
             rep["dataset"] = ds.name      # equal arrays under another name share it
             return rep
-    rep = report_for_dataset(ds, progress=progress, reuse=reuse, **params)
+    rep = report_for_dataset(ds, progress=progress, reuse=reuse, engine=engine, **params)
     try:
         with replacing(ds.cache_dir / name) as tmp:
             tmp.write_text(json.dumps(rep), encoding="utf-8")

@@ -9,6 +9,14 @@ runs the same pipeline as the CLI: images + captions file or one zip ->
 store, so a failed upload leaves every stored dataset as it was; the staging
 folder is always removed.
 
+Two ways to run: ``embed_images`` / ``embed_zip`` embed in the calling
+thread (tests, scripts); ``start_embed_images`` / ``start_embed_zip`` make the
+same checks, stage the files in a new background job's folder and start it
+(:mod:`clipgeom.background`): the Upload page uses these, so a page switch, a
+closed tab or a server restart never loses an upload (a killed one is resumed
+from its finished chunks). ``.npy`` imports stay synchronous (a copy and a
+check, seconds at the upload size cap).
+
 Limits: the size cap is Streamlit's ``server.maxUploadSize`` (MB, in
 ``.streamlit/config.toml``), which Streamlit enforces per file and this module
 enforces on the whole upload; the file-count cap is ``MAX_FILES``
@@ -19,6 +27,7 @@ file accepts no option of ours.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
@@ -28,10 +37,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from . import embed, ingest, job, store
+from . import background, embed, ingest, job, store
 from .errors import ClipgeomError, InputError
 
 MAX_FILES = int(os.environ.get("CLIPGEOM_MAX_UPLOAD_FILES", "5000"))
+
+
+def chunk_rows() -> int:
+    """Rows per resumable chunk of an upload job (CLIPGEOM_UPLOAD_CHUNK_ROWS,
+    default 1024): a killed job loses at most one chunk of work."""
+    try:
+        return max(1, int(os.environ.get("CLIPGEOM_UPLOAD_CHUNK_ROWS", "1024")))
+    except ValueError:
+        return 1024
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CAPTION_SUFFIXES = (".csv", ".tsv", ".jsonl", ".txt")
 
@@ -79,14 +97,22 @@ def safe_name(filename: str) -> str:
     return clean
 
 
-def _write(files: list[tuple[str, bytes]], folder: Path) -> dict[str, Path]:
-    """Write each file under its safe name; two uploads with one name are an error."""
-    out: dict[str, Path] = {}
-    for name, data in files:
+def _safe_names(files: list[tuple[str, bytes]]) -> list[str]:
+    """Each file's safe name; two uploads with one name are an error."""
+    out: list[str] = []
+    for name, _ in files:
         safe = safe_name(name)
         if safe in out:
             raise InputError(f"{name!r}: two uploaded files are both called {safe!r}; "
                              "rename one.")
+        out.append(safe)
+    return out
+
+
+def _write(files: list[tuple[str, bytes]], folder: Path) -> dict[str, Path]:
+    """Write each file under its safe name; two uploads with one name are an error."""
+    out: dict[str, Path] = {}
+    for safe, (_, data) in zip(_safe_names(files), files):
         path = folder / safe
         path.write_bytes(data)
         out[safe] = path
@@ -115,10 +141,12 @@ def as_file(filename: str, data: bytes) -> Iterator[Path]:
 
 
 # A path inside a staging folder, up to the user's own file name: the folder
-# (``.../uploads/upload-XXXX/``) and the sub-folder the upload was written to
-# (``images/``, ``image/``, ``text/``, or ``extracted/<zip>-XXXX/``).
+# (``.../uploads/upload-XXXX/``, or a background job's ``.../background/ID/input/``)
+# and the sub-folder the upload was written to (``images/``, ``image/``,
+# ``text/``, or ``extracted/<zip>-XXXX/``).
 _STAGED = re.compile(
-    r"(?:[A-Za-z]:)?(?:[^\s'\"()\[\]]*?[\\/])?uploads[\\/]upload-[A-Za-z0-9_]+[\\/]"
+    r"(?:[A-Za-z]:)?(?:[^\s'\"()\[\]]*?[\\/])?"
+    r"(?:uploads[\\/]upload-[A-Za-z0-9_]+|background[\\/][0-9a-f-]+[\\/]input)[\\/]"
     r"(?:(?:images|image|text)[\\/]|extracted[\\/][A-Za-z0-9_.-]+[\\/])?")
 
 
@@ -128,10 +156,12 @@ def user_message(text: str, home=None) -> str:
     (``/srv/x/uploads/upload-ab12/images/cat.png`` -> ``cat.png``; a zip member
     keeps its folder inside the zip)."""
     text = str(text)
-    root = (store.home() if home is None else Path(home)) / "uploads"
-    for r in sorted({str(root), os.path.realpath(root)}, key=len, reverse=True):
-        for sep in ("/", os.sep):
-            text = text.replace(r + sep, "uploads/")
+    h = store.home() if home is None else Path(home)
+    for sub in ("uploads", background.ROOT):
+        root = h / sub
+        for r in sorted({str(root), os.path.realpath(root)}, key=len, reverse=True):
+            for sep in ("/", os.sep):
+                text = text.replace(r + sep, f"{sub}/")
     return _STAGED.sub("", text)
 
 
@@ -195,14 +225,8 @@ def _locked(fn):
     return wrapper
 
 
-@_user_facing
-@_locked
-def embed_images(name: str, images: list[tuple[str, bytes]],
-                 captions: Optional[tuple[str, bytes]], spec: embed.ModelSpec, *,
-                 limits: UploadLimits = UploadLimits(), overwrite: bool = False,
-                 progress: Progress = None, home=None) -> "store.Dataset":
-    """Images and a captions file (``image`` and ``caption`` columns) -> a new
-    dataset embedded with ``spec``."""
+def _check_images(name, images, captions, overwrite, limits, home) -> None:
+    """Everything an images + captions upload can be refused for before any work."""
     _check_new_name(name, overwrite, home)
     if not images:
         raise InputError("no images were uploaded.")
@@ -214,32 +238,74 @@ def embed_images(name: str, images: list[tuple[str, bytes]],
         raise InputError(f"{captions[0]!r}: captions must be a .csv, .tsv or .jsonl file "
                          "with 'image' and 'caption' columns.")
     check_limits(images + ([captions] if captions else []), limits)
+
+
+_NO_CAPTIONS = ("no captions file was uploaded: add one (.csv/.tsv/.jsonl with "
+                "'image' and 'caption' columns) so both modalities exist.")
+
+
+def _stage_images(images, captions, folder: Path) -> Optional[Path]:
+    """The images into ``folder/images``, the captions file beside them."""
+    img_dir = folder / "images"
+    img_dir.mkdir()
+    _write(images, img_dir)
+    if captions is None:
+        return None
+    return _write([captions], folder)[safe_name(captions[0])]
+
+
+def _ingest_images(folder: Path, cap_path: Path, captions_name: str) -> "ingest.ItemList":
+    items = ingest.from_folder(folder / "images", cap_path)
+    _need_captions(items, f"captions file {captions_name!r}")
+    return items
+
+
+def _check_zip(name, archive, overwrite, limits, home) -> None:
+    _check_new_name(name, overwrite, home)
+    if Path(archive[0]).suffix.lower() != ".zip":
+        raise InputError(f"{archive[0]!r}: expected a .zip archive.")
+    check_limits([archive], limits)
+
+
+def _ingest_zip(path: Path, folder: Path, archive_name: str,
+                max_files: int) -> "ingest.ItemList":
+    items = ingest.from_zip(path, folder / "extracted",
+                            limits=ingest.ZipLimits(max_files=max_files))
+    _need_captions(items, f"archive {archive_name!r}")
+    return items
+
+
+@_user_facing
+@_locked
+def embed_images(name: str, images: list[tuple[str, bytes]],
+                 captions: Optional[tuple[str, bytes]], spec: embed.ModelSpec, *,
+                 limits: UploadLimits = UploadLimits(), overwrite: bool = False,
+                 progress: Progress = None, home=None) -> "store.Dataset":
+    """Images and a captions file (``image`` and ``caption`` columns) -> a new
+    dataset embedded with ``spec``, in this thread."""
+    _check_images(name, images, captions, overwrite, limits, home)
     with staging(home) as tmp:
-        img_dir = tmp / "images"
-        img_dir.mkdir()
-        _write(images, img_dir)
-        cap_path = None
-        if captions is not None:
-            cap_path = _write([captions], tmp)[safe_name(captions[0])]
+        cap_path = _stage_images(images, captions, tmp)
         if cap_path is None:
-            raise InputError("no captions file was uploaded: add one (.csv/.tsv/.jsonl with "
-                             "'image' and 'caption' columns) so both modalities exist.")
-        items = ingest.from_folder(img_dir, cap_path)
-        _need_captions(items, f"captions file {captions[0]!r}")
+            raise InputError(_NO_CAPTIONS)
+        items = _ingest_images(tmp, cap_path, captions[0])
         return _run_job(name, items, spec, overwrite, progress, home)
 
 
-def _run_job(name, items, spec, overwrite, progress, home) -> "store.Dataset":
-    """job.run, never leaving its chunk folder behind: an upload cannot be
-    resumed (its staged files are gone), so a failed job is only clutter.
+def _run_job(name, items, spec, overwrite, progress, home, *, resume: bool = False,
+             rows: Optional[int] = None) -> "store.Dataset":
+    """job.run, never leaving its chunk folder behind when it fails or is
+    cancelled: a synchronous upload cannot be resumed (its staged files are
+    gone), so a failed job is only clutter. A background job killed outright
+    (SIGKILL, a reboot) runs no ``finally``: its chunks stay for the resume.
     The caller holds the name's writer lock, so the folder is this job's own."""
+    opts = job.JobOptions(overwrite=overwrite, workers=0, resume=resume,
+                          chunk_rows=rows or job.JobOptions.chunk_rows)
     try:
-        return job.run(name, items, spec, job.JobOptions(overwrite=overwrite, workers=0),
-                       progress=progress, home=home)
+        return job.run(name, items, spec, opts, progress=progress, home=home)
     finally:
         shutil.rmtree((store.home() if home is None else Path(home)) / "jobs" / name,
                       ignore_errors=True)
-
 
 
 @_user_facing
@@ -247,17 +313,146 @@ def _run_job(name, items, spec, overwrite, progress, home) -> "store.Dataset":
 def embed_zip(name: str, archive: tuple[str, bytes], spec: embed.ModelSpec, *,
               limits: UploadLimits = UploadLimits(), overwrite: bool = False,
               progress: Progress = None, home=None) -> "store.Dataset":
-    """One zip in the pipeline's layout (images + captions.csv) -> a new dataset."""
-    _check_new_name(name, overwrite, home)
-    if Path(archive[0]).suffix.lower() != ".zip":
-        raise InputError(f"{archive[0]!r}: expected a .zip archive.")
-    check_limits([archive], limits)
-    zl = ingest.ZipLimits(max_files=limits.max_files)
+    """One zip in the pipeline's layout (images + captions.csv) -> a new
+    dataset, in this thread."""
+    _check_zip(name, archive, overwrite, limits, home)
     with staging(home) as tmp:
         path = _write([archive], tmp)[safe_name(archive[0])]
-        items = ingest.from_zip(path, tmp / "extracted", limits=zl)
-        _need_captions(items, f"archive {archive[0]!r}")
+        items = _ingest_zip(path, tmp, archive[0], limits.max_files)
         return _run_job(name, items, spec, overwrite, progress, home)
+
+
+# ------------------------------------------------------------------ background jobs
+def _check_no_job(name: str, home) -> None:
+    """One upload job per dataset name at a time: a second one is refused
+    while the first is queued, running or interrupted (resume or cancel it)."""
+    for j in background.list_jobs(home):
+        if j.dataset == name and (j.active or j.resumable):
+            what = ("resume or cancel it in the Jobs panel first" if j.resumable else
+                    "wait for it to finish, or cancel it in the Jobs panel")
+            raise InputError(f"a job for dataset {name!r} is already {j.label} "
+                             f"(job {j.id}); {what}.")
+
+
+def _spec_params(spec: embed.ModelSpec) -> dict:
+    """The model as the worker rebuilds it (file paths made absolute: the
+    worker need not share the page's working folder)."""
+    def absolute(p):
+        return str(Path(p).expanduser().absolute()) if p and Path(p).exists() else p
+    return {"name": absolute(spec.name) if spec.config_path else spec.name,
+            "pretrained": spec.pretrained, "checkpoint": absolute(spec.checkpoint)}
+
+
+def _start(name: str, title: str, params: dict, stage, home) -> str:
+    """A background job for dataset ``name``: created, its files staged by
+    ``stage(input_folder)``, then started. Returns the job id."""
+    job_id = background.create("upload", params, dataset=name, title=title, home=home)
+    try:
+        stage(background.input_dir(job_id, home))
+    except BaseException:
+        background.discard(job_id, home)
+        raise
+    background.start(job_id, home)
+    return job_id
+
+
+@_user_facing
+@_locked
+def start_embed_images(name: str, images: list[tuple[str, bytes]],
+                       captions: Optional[tuple[str, bytes]], spec: embed.ModelSpec, *,
+                       limits: UploadLimits = UploadLimits(), overwrite: bool = False,
+                       home=None) -> str:
+    """:func:`embed_images` as a background job: the same checks now, then the
+    files staged in the job's folder and its process started. Returns the job id
+    (:func:`clipgeom.background.job_status` follows it)."""
+    _check_images(name, images, captions, overwrite, limits, home)
+    _safe_names(images)
+    if captions is None:
+        raise InputError(_NO_CAPTIONS)
+    _check_no_job(name, home)
+    params = {"form": "images", "captions": safe_name(captions[0]),
+              "captions_name": captions[0], "spec": _spec_params(spec),
+              "overwrite": bool(overwrite), "chunk_rows": chunk_rows()}
+    title = f"{name}: {len(images):,} images + {captions[0]}"
+    return _start(name, title, params, lambda f: _stage_images(images, captions, f), home)
+
+
+@_user_facing
+@_locked
+def start_embed_zip(name: str, archive: tuple[str, bytes], spec: embed.ModelSpec, *,
+                    limits: UploadLimits = UploadLimits(), overwrite: bool = False,
+                    home=None) -> str:
+    """:func:`embed_zip` as a background job (see :func:`start_embed_images`)."""
+    _check_zip(name, archive, overwrite, limits, home)
+    _check_no_job(name, home)
+    params = {"form": "zip", "archive": safe_name(archive[0]), "archive_name": archive[0],
+              "max_files": limits.max_files, "spec": _spec_params(spec),
+              "overwrite": bool(overwrite), "chunk_rows": chunk_rows()}
+    return _start(name, f"{name}: {archive[0]}", params, lambda f: _write([archive], f), home)
+
+
+def _save_items(items: "ingest.ItemList", folder: Path) -> None:
+    """The ingested item list, kept so that a resumed job embeds exactly the
+    same rows (a zip is extracted to a new random folder each time)."""
+    tmp = folder.with_name(f".{folder.name}-{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        items.images.to_parquet(tmp / "images.parquet")
+        items.texts.to_parquet(tmp / "texts.parquet")
+        (tmp / "items.json").write_text(json.dumps({
+            "root": str(items.root), "source": items.source,
+            "skipped": [[s.item, s.reason] for s in items.skipped]}, default=str))
+        shutil.rmtree(folder, ignore_errors=True)        # a damaged one from a killed run
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_items(folder: Path) -> Optional["ingest.ItemList"]:
+    import pandas as pd
+
+    try:
+        meta = json.loads((folder / "items.json").read_text())
+        return ingest.ItemList(images=pd.read_parquet(folder / "images.parquet"),
+                               texts=pd.read_parquet(folder / "texts.parquet"),
+                               skipped=[ingest.Skipped(i, r) for i, r in meta["skipped"]],
+                               root=Path(meta["root"]), source=meta["source"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def run_upload_job(ctx: "background.JobContext") -> str:
+    """An upload job's body, in the worker process (which holds the name's
+    writer lock): ingest the staged files once (kept in ``items/``), then the
+    resumable embedding job. Errors name the user's files, never the folder."""
+    p, name = ctx.params, ctx.dataset
+    try:
+        _check_new_name(name, p["overwrite"], ctx.home)
+        items_dir = ctx.folder / "items"
+        items = _load_items(items_dir) if ctx.resume else None
+        if items is None:
+            ctx.progress("reading the files", 0, 1)
+            if p["form"] == "images":
+                items = _ingest_images(ctx.input, ctx.input / p["captions"],
+                                       p["captions_name"])
+            else:
+                items = _ingest_zip(ctx.input / p["archive"], ctx.input, p["archive_name"],
+                                    int(p["max_files"]))
+            try:
+                _save_items(items, items_dir)
+                items = _load_items(items_dir) or items   # the same rows on every attempt
+            except (OSError, ValueError, TypeError) as exc:
+                ctx.log(f"the item list could not be kept ({exc}); a resume re-reads the files")
+        ctx.log(f"read the files: {len(items.images):,} image file(s) and "
+                f"{len(items.texts):,} caption(s) to embed, {len(items.skipped):,} skipped")
+        spec = embed.ModelSpec(**p["spec"])
+        ctx.progress("loading the model", 0, 1)
+        ds = _run_job(name, items, spec, p["overwrite"], ctx.progress, ctx.home,
+                      resume=ctx.resume, rows=int(p["chunk_rows"]))
+        return ds.name
+    except ClipgeomError as exc:
+        raise type(exc)(user_message(str(exc), ctx.home)) from None
 
 
 @_user_facing

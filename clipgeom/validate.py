@@ -7,6 +7,10 @@ message that names the array and the first offending rows.
 
 from __future__ import annotations
 
+import threading
+import weakref
+from dataclasses import dataclass
+
 import numpy as np
 
 from .errors import InputError
@@ -38,6 +42,26 @@ def check_dtype(dtype, name: str = "embeddings") -> np.dtype:
     return dt
 
 
+def shape(shape, dtype, name: str = "embeddings", *, min_rows: int = 2) -> tuple[int, int]:
+    """The structural checks of :func:`embeddings` from a shape and dtype alone
+    (a ``.npy`` header, say): real numbers, 2-D, some features, enough rows.
+    Returns (rows, features)."""
+    check_dtype(dtype, name)
+    shape = tuple(int(k) for k in shape)
+    if len(shape) != 2:
+        raise InputError(
+            f"{name}: expected a 2-D array [rows, features], got shape {shape}."
+        )
+    n, d = shape
+    if d == 0:
+        raise InputError(f"{name}: has zero features (shape {shape}).")
+    if n < min_rows:
+        raise InputError(
+            f"{name}: needs at least {min_rows} rows, got {n}."
+        )
+    return n, d
+
+
 def embeddings(x, name: str = "embeddings", *, min_rows: int = 2,
                allow_zero: bool = False, dtype=np.float32) -> np.ndarray:
     """Check a 2-D finite embedding matrix and return it as ``dtype``.
@@ -47,38 +71,147 @@ def embeddings(x, name: str = "embeddings", *, min_rows: int = 2,
     rows), values too large for ``dtype`` (a float64 1e300 would become Inf in
     float32; with the rows), and all-zero rows unless ``allow_zero`` (their
     direction is undefined, so cosines and conformity are meaningless for them).
+
+    An array the store checked when its dataset was opened (see
+    :func:`mark_checked`) is not scanned again: only its shape is checked, and
+    the recorded bad rows, if any, raise the same errors.
     """
+    known = _checked(x, dtype)
+    if known is not None:
+        shape(x.shape, x.dtype, name, min_rows=min_rows)
+        known.raise_for(x, name, allow_zero)
+        return x
     try:
         arr = np.asarray(x)
     except Exception as exc:  # pragma: no cover - exotic objects
         raise InputError(f"{name}: cannot be read as an array ({exc}).") from None
-    check_dtype(arr.dtype, name)
-    if arr.ndim != 2:
-        raise InputError(
-            f"{name}: expected a 2-D array [rows, features], got shape {arr.shape}."
-        )
-    n, d = arr.shape
-    if d == 0:
-        raise InputError(f"{name}: has zero features (shape {arr.shape}).")
-    if n < min_rows:
-        raise InputError(
-            f"{name}: needs at least {min_rows} rows, got {n}."
-        )
+    shape(arr.shape, arr.dtype, name, min_rows=min_rows)
     src = arr
     with np.errstate(over="ignore", invalid="ignore"):
         arr = np.asarray(arr, dtype=dtype)
-    bad = _nonfinite_rows(arr)
-    if bad.size:
-        _raise_nonfinite(src, bad, name, np.dtype(dtype))
-    if not allow_zero:
-        zero = _zero_rows(arr)
-        if zero.size:
+    scan = RowScan()
+    for s in range(0, arr.shape[0], _SCAN_ROWS):
+        scan.add(arr[s:s + _SCAN_ROWS], s)
+    scan.result().raise_for(src, name, allow_zero, np.dtype(dtype))
+    return arr
+
+
+# --------------------------------------------------------------------------
+# One scan of the rows (finite values, zero rows), in blocks, reusable:
+# validate.embeddings, the store's streaming import and its check on open.
+
+_SCAN_ROWS = 65536
+
+
+@dataclass(frozen=True)
+class RowCheck:
+    """What a scan found: the rows with a non-finite value and the all-zero rows."""
+
+    rows: int
+    nonfinite: np.ndarray
+    zero: np.ndarray
+
+    def raise_for(self, src, name: str, allow_zero: bool,
+                  dtype: np.dtype = np.dtype(np.float32)) -> None:
+        """Raise :func:`embeddings`'s InputError for what was found, if anything.
+        ``src``: the rows before conversion (tells NaN/Inf from overflow)."""
+        if self.nonfinite.size:
+            _raise_nonfinite(src, self.nonfinite, name, np.dtype(dtype))
+        if not allow_zero and self.zero.size:
             raise InputError(
-                f"{name}: all-zero vector in {_rows(zero)} (0-based); a zero "
+                f"{name}: all-zero vector in {_rows(self.zero)} (0-based); a zero "
                 "vector has no direction, so cosine measures are undefined. "
                 "Remove those items."
             )
-    return arr
+
+
+class RowScan:
+    """Accumulates :class:`RowCheck` over converted row blocks, in row order."""
+
+    def __init__(self):
+        self._bad: list[np.ndarray] = []
+        self._zero: list[np.ndarray] = []
+        self._rows = 0
+
+    def add(self, block: np.ndarray, start: int) -> None:
+        finite = np.isfinite(block)
+        if not finite.all():
+            self._bad.append(start + np.flatnonzero(~finite.all(axis=1)))
+        z = ~np.any(block != 0, axis=1)
+        if z.any():
+            self._zero.append(start + np.flatnonzero(z))
+        self._rows = max(self._rows, start + block.shape[0])
+
+    def result(self) -> RowCheck:
+        def cat(parts):
+            return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+        return RowCheck(rows=self._rows, nonfinite=cat(self._bad), zero=cat(self._zero))
+
+
+# Arrays checked once (the store's memory maps, read-only): id -> (weakref, check).
+_CHECKED: dict[int, tuple] = {}
+_CHECKED_LOCK = threading.Lock()
+
+
+def mark_checked(x: np.ndarray, check) -> None:
+    """Record that the read-only array ``x`` was checked: later
+    :func:`embeddings` calls on this same object skip the scan.
+
+    ``check``: a :class:`RowCheck`, or a callable ``check(x)`` returning one,
+    run at the first :func:`embeddings` call (so opening a dataset costs
+    nothing until an analysis reads it). Only read-only float32 arrays are
+    recorded: nothing in this process can change their values afterwards.
+    """
+    if not isinstance(x, np.ndarray) or x.flags.writeable or x.dtype != np.float32:
+        return
+    key = id(x)
+
+    def forget(_ref, key=key):
+        with _CHECKED_LOCK:
+            entry = _CHECKED.get(key)
+            if entry is not None and entry[0] is _ref:
+                del _CHECKED[key]
+
+    with _CHECKED_LOCK:
+        _CHECKED[key] = (weakref.ref(x, forget), check)
+
+
+def _checked(x, dtype) -> "RowCheck | None":
+    if not isinstance(x, np.ndarray) or np.dtype(dtype) != x.dtype:
+        return None
+    entry = _CHECKED.get(id(x))
+    if entry is None or entry[0]() is not x or x.flags.writeable:
+        return None
+    check = entry[1]
+    if not isinstance(check, RowCheck):
+        check = check(x)
+        with _CHECKED_LOCK:
+            if _CHECKED.get(id(x), (None,))[0] is entry[0]:
+                _CHECKED[id(x)] = (entry[0], check)
+    return check
+
+
+def checked(x, name: str = "embeddings", *, min_rows: int = 2) -> np.ndarray:
+    """:func:`embeddings` (no zero rows), returned as a read-only float32 view
+    recorded as checked, so the analysis functions it is passed to next do not
+    scan it again. For one computation on an array nobody changes meanwhile
+    (``build_report`` on in-memory arrays); store arrays are already recorded."""
+    arr = embeddings(x, name, min_rows=min_rows)
+    if _checked(arr, np.float32) is not None:
+        return arr
+    view = arr.view()
+    view.flags.writeable = False
+    empty = np.empty(0, dtype=np.int64)
+    mark_checked(view, RowCheck(rows=int(view.shape[0]), nonfinite=empty, zero=empty))
+    return view
+
+
+def scan_rows(x: np.ndarray, rows: int = _SCAN_ROWS) -> RowCheck:
+    """One blocked scan of a float32 array for non-finite values and zero rows."""
+    scan = RowScan()
+    for s in range(0, x.shape[0], rows):
+        scan.add(np.asarray(x[s:s + rows]), s)
+    return scan.result()
 
 
 def _raise_nonfinite(src: np.ndarray, bad: np.ndarray, name: str,
@@ -102,26 +235,6 @@ def _raise_nonfinite(src: np.ndarray, bad: np.ndarray, name: str,
         f"{name}: {'; '.join(parts)}. Remove or re-embed those items"
         + (", or rescale the array." if big_rows.size else ".")
     )
-
-
-def _nonfinite_rows(arr: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    # Chunked so a memory-mapped million-row array is scanned without a copy.
-    out = []
-    for s in range(0, arr.shape[0], chunk):
-        block = arr[s:s + chunk]
-        if not np.isfinite(block).all():
-            out.append(s + np.flatnonzero(~np.isfinite(block).all(axis=1)))
-    return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
-
-
-def _zero_rows(arr: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    out = []
-    for s in range(0, arr.shape[0], chunk):
-        block = arr[s:s + chunk]
-        z = ~np.any(block != 0, axis=1)
-        if z.any():
-            out.append(s + np.flatnonzero(z))
-    return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
 
 
 def same_width(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:

@@ -125,3 +125,63 @@ def cached_report(fingerprint: str, _data: Loaded, temperature: float,
         memo.pop(next(iter(memo)))
     memo[key] = rep
     return rep
+
+
+# ------------------------------------------------------------------ one report, read by all
+def _stored_report_path(ds, temperature: float, max_pairs: int):
+    """The file ``report.stored_report`` keeps for these parameters, when it exists."""
+    try:
+        name = report._cache_name(ds, {"temperature": float(temperature),
+                                       "max_pairs": int(max_pairs), "seed": 0})
+        folders = [ds.shipped_dir("cache"), ds.cache_dir]
+    except Exception:                     # no readable cache folder
+        return None
+    for folder in folders:
+        if folder is not None and (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def peek_report(loaded: Loaded) -> dict | None:
+    """A report of this dataset version that already exists, else None (never
+    computes): any report of this fingerprint in this process, else the stored
+    report at the dataset's default parameters (the model's τ as Home and
+    ``clipgeom report`` use it, or CLIP's 0.01; ``report.DEFAULT_MAX_PAIRS``),
+    read from disk. Its sections that depend on neither τ nor the pair sample
+    (separability, each modality's shell, conformity fit and isotropy, the
+    gap) are the same in all of them."""
+    memo = _report_memo()
+    for key, rep in list(memo.items()):
+        if key[0] == loaded.fingerprint:
+            return rep
+    if loaded.name == SYNTHETIC:
+        return None
+    try:
+        ds = store.open_dataset(loaded.name)
+    except Exception:                        # the page reports it where it opens the data
+        return None
+    if ds.fingerprint != loaded.fingerprint:
+        return None
+    for t in dict.fromkeys([loaded.default_temperature, report.default_temperature(ds), 0.01]):
+        if _stored_report_path(ds, t, report.DEFAULT_MAX_PAIRS) is not None:
+            return cached_report(loaded.fingerprint, loaded, t, report.DEFAULT_MAX_PAIRS)
+    return None
+
+
+def shared_report(loaded: Loaded) -> dict:
+    """The dataset's report: one stored result per dataset version and
+    parameters, written by whichever of ``clipgeom report``, Home or a page
+    computes it first, and read by all. :func:`peek_report` when one exists;
+    else it is computed once at the dataset's default parameters, with a
+    progress bar, and stored (:func:`cached_report`: it draws, so call this
+    outside cached functions)."""
+    rep = peek_report(loaded)
+    if rep is not None:
+        return rep
+    return cached_report(loaded.fingerprint, loaded, loaded.default_temperature,
+                         report.DEFAULT_MAX_PAIRS)
+
+
+def report_number(value, missing=float("nan")) -> float:
+    """A number of the JSON report as a float (the report writes NaN and ±inf as null)."""
+    return missing if value is None else float(value)

@@ -14,22 +14,20 @@ Speed of the alpha page:
 - any other sweep is computed in batches, a coarse subset of the grid first
   (:func:`sweep_batches`), each batch cached, so a page can draw the coarse
   curve at once and refine it;
-- the loss kernel runs with one torch thread (:func:`one_thread`): on a
-  2-core machine busy with other work, two OpenMP threads made the kernel
-  5-20x slower (3,000 pairs, 16 alphas: 4-5 s on two threads, 0.5-1 s on one).
+- the loss kernel runs under its thread policy (``clipgeom.threads.policy``,
+  one thread): on a 2-core machine busy with other work, two OpenMP threads
+  made the kernel 5-20x slower (3,000 pairs, 16 alphas: 4-5 s on two
+  threads, 0.5-1 s on one; bench/threads_under_load.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 
 import numpy as np
 import streamlit as st
-import torch
 
-from clipgeom import conformity, embed, loss, report, search, store, upload
+from clipgeom import conformity, embed, loss, report, search, store, threads, upload
 
 from .data import SYNTHETIC, Loaded
 
@@ -91,34 +89,6 @@ def min_on_edge(alpha, values) -> bool:
         return False
     k = int(np.nanargmin(v))
     return k in (0, v.size - 1)
-
-
-# ---------------------------------------------------------------- threads
-_threads_lock = threading.Lock()
-_threads_depth = 0
-_threads_saved = 1
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run torch work with one intra-op thread (restored after; nesting and
-    concurrent sessions share one counter). The loss kernel works on row chunks
-    of a few hundred thousand floats; with two OpenMP threads on a 2-core
-    machine that is also serving other work, every operation waits for the
-    other core and the sweep runs 10-20x slower than on one thread."""
-    global _threads_depth, _threads_saved
-    with _threads_lock:
-        if _threads_depth == 0:
-            _threads_saved = torch.get_num_threads()
-            torch.set_num_threads(1)
-        _threads_depth += 1
-    try:
-        yield
-    finally:
-        with _threads_lock:
-            _threads_depth -= 1
-            if _threads_depth == 0:
-                torch.set_num_threads(_threads_saved)
 
 
 # ---------------------------------------------------------------- stored report
@@ -224,7 +194,7 @@ def alpha_sweep_part(fingerprint: str, _loaded: Loaded, alphas: tuple, modality:
     """loss.alpha_sweep of some alphas on the seeded sample of ``n_pairs`` pairs
     (Eq. 9, 14, 15; Fig. 6). Computes only: the page draws progress."""
     vi, vt, _ = paired_sample(_loaded, n_pairs)
-    with one_thread():
+    with threads.policy("alpha_sweep"):
         return loss.alpha_sweep(vi, vt, np.asarray(alphas, float), modality, temperature)
 
 
@@ -248,9 +218,10 @@ def alpha_sweep(fingerprint: str, _loaded: Loaded, alphas: tuple, modality: str,
 def kl_sweep(fingerprint: str, _loaded: Loaded, alphas: tuple, modality: str,
              bins: int = DEFAULT_BINS) -> conformity.ConformityKLSweep:
     """conformity.conformity_kl_sweep on the full image and text sets (Fig. 11)."""
-    return conformity.conformity_kl_sweep(_loaded.image, _loaded.text,
-                                          np.asarray(alphas, float), modality=modality,
-                                          bins=int(bins))
+    with threads.policy("exact_conformity"):
+        return conformity.conformity_kl_sweep(_loaded.image, _loaded.text,
+                                              np.asarray(alphas, float), modality=modality,
+                                              bins=int(bins))
 
 
 LOGIT_FIELDS = ("total", "alignment", "uniformity", "accuracy_i2t", "accuracy_t2i")
@@ -259,7 +230,7 @@ LOGIT_FIELDS = ("total", "alignment", "uniformity", "accuracy_i2t", "accuracy_t2
 @st.cache_data(show_spinner=False, max_entries=16)
 def _logits(fingerprint: str, _loaded: Loaded, temperature: float, n_pairs: int) -> dict:
     vi, vt, _ = paired_sample(_loaded, n_pairs)
-    with one_thread():
+    with threads.policy("loss"):
         res = loss.logit_comparison(vi, vt, temperature)
     return {k: {f: float(getattr(r, f)) for f in LOGIT_FIELDS} for k, r in res.items()}
 
@@ -293,8 +264,9 @@ def conformity_note(loaded: Loaded) -> str | None:
 @st.cache_data(show_spinner=False, max_entries=16)
 def fits(fingerprint: str, _loaded: Loaded) -> dict:
     """{"image": ConformityFit, "text": ConformityFit} (Def. 1-2, Prop. 1; Fig. 9)."""
-    return {"image": conformity.fit_conformity(_loaded.image),
-            "text": conformity.fit_conformity(_loaded.text)}
+    with threads.policy("exact_conformity"):
+        return {"image": conformity.fit_conformity(_loaded.image),
+                "text": conformity.fit_conformity(_loaded.text)}
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clipgeom import conformity, projection, store, transforms
+from clipgeom import conformity, projection, store, threads, transforms
 from clipgeom._chunks import row_norms
 from clipgeom.errors import DatasetError, InputError
 
@@ -43,10 +43,15 @@ def joint(fingerprint: str, _loaded: data.Loaded, center: bool, normalize: bool)
             "singular_values": p.singular_values, "ratio": p.explained_variance_ratio}
 
 
-@st.cache_data(show_spinner="computing I1 / I2…", max_entries=16)
-def isotropy(fingerprint: str, _loaded: data.Loaded) -> dict:
-    """I1, I2 per modality (isotropy paper Eq. 1-2, Table 1)."""
-    return {"image": projection.isotropy(_loaded.image), "text": projection.isotropy(_loaded.text)}
+def isotropy(loaded: data.Loaded) -> dict:
+    """I1, I2 per modality (isotropy paper Eq. 1-2, Table 1), as the dataset's
+    report holds them (``report.build_report`` runs ``projection.isotropy`` on
+    every row of each modality): read, never recomputed (at 1,000,000 rows
+    recomputing took 58 s). Not cached: ``data.shared_report`` is a memo, and
+    may draw a progress bar the one time it computes the report."""
+    rep = data.shared_report(loaded)
+    return {m: {k: data.report_number(rep[m]["isotropy"][k]) for k in ("I1", "I2")}
+            for m in ("image", "text")}
 
 
 # Columns of the images / texts tables that identify rows rather than describe them.
@@ -122,9 +127,10 @@ def colour_values(fingerprint: str, _loaded: data.Loaded, option: str) -> dict:
     if option == "modality":
         return {"kind": "modality", "title": "modality", "image": None, "text": None}
     if option == "conformity":
-        return {"kind": "numeric", "title": "conformity",
-                "image": conformity.exact_conformity(_loaded.image).astype(np.float64),
-                "text": conformity.exact_conformity(_loaded.text).astype(np.float64)}
+        with threads.policy("exact_conformity"):
+            return {"kind": "numeric", "title": "conformity",
+                    "image": conformity.exact_conformity(_loaded.image).astype(np.float64),
+                    "text": conformity.exact_conformity(_loaded.text).astype(np.float64)}
     if option == "norm":
         return {"kind": "numeric", "title": "norm",
                 "image": row_norms(_loaded.image).astype(np.float64),

@@ -6,41 +6,78 @@ is not hashed); the numbers all come from :mod:`clipgeom.geometry`.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clipgeom import geometry, store
+from clipgeom import geometry, store, threads
+from clipgeom._chunks import column_mean, row_chunks
 
 from . import data
+
+# Rows per float64 block of the per-feature moments (8,192 x 512 x 8 B = 32 MiB).
+MOMENT_ROWS = 8192
 
 
 @st.cache_data(show_spinner="summarising both modalities…", max_entries=8)
 def summaries(fingerprint: str, _loaded: data.Loaded):
-    """(image, text) ModalitySummary."""
-    return (geometry.summarize(_loaded.image, "image embeddings"),
-            geometry.summarize(_loaded.text, "text embeddings"))
+    """(image, text) ModalitySummary (under the "summary" thread policy)."""
+    with threads.policy("summary"):
+        return (geometry.summarize(_loaded.image, "image embeddings"),
+                geometry.summarize(_loaded.text, "text embeddings"))
 
 
-@st.cache_data(show_spinner="fitting separability…", max_entries=8)
-def separability(fingerprint: str, _loaded: data.Loaded, k_offset: int = 10) -> dict:
-    """Sep(l) (Eq. 5), the top features, the SVM on the top two, offsets."""
-    si, stx = summaries(fingerprint, _loaded)
-    sep = geometry.separability(si, stx)
+def separability(loaded: data.Loaded) -> dict:
+    """Sep(l) (Eq. 5), the features by Sep, the SVM on the top two (Fig. 2) and
+    the all-feature linear separability: the first stage of the dataset's
+    report (``report["separability"]``, computed on every row by
+    ``geometry.summarize`` / ``separability`` / ``svm_top2`` /
+    ``linear_separability`` with seed 0), read rather than recomputed (23 s at
+    1,000,000 pairs). Not cached: ``data.shared_report`` is a memo, and may draw
+    a progress bar the one time it computes the report."""
+    sec = data.shared_report(loaded)["separability"]
+    # JSON has no inf: the report writes null for Sep = inf (a feature constant
+    # in both modalities at different values); NaN cannot occur (Eq. 5's
+    # 0 / 0 is defined as 0).
+    sep = np.array([data.report_number(v, np.inf) for v in sec["per_feature"]],
+                   dtype=np.float64)
     top = geometry.top_features(sep, k=sep.shape[0])
-    top2 = [t["feature"] for t in top[:2]]
-    svm = geometry.svm_top2(_loaded.image, _loaded.text, top2) if len(top2) == 2 else None
+    order = [t["feature"] for t in top]
+    svm = None
+    s2 = sec.get("svm_top2") or {}
+    if len(order) >= 2 and s2.get("accuracy") is not None:
+        svm = geometry.LinearBoundary(
+            features=[int(f) for f in s2["features"]], accuracy=float(s2["accuracy"]),
+            weights=np.asarray(s2["weights"], dtype=np.float64), bias=float(s2["bias"]),
+            n_used=int(s2["n_used"]))
     return {
         "sep": sep,
         "sorted": np.sort(sep)[::-1],
-        "order": [t["feature"] for t in top],
-        "n_above_1": int(np.sum(sep > 1)),
-        "top2": top2,
+        "order": order,
+        "n_above_1": int(sec["n_above_1"]),
+        "top2": list(svm.features) if svm is not None else order[:2],
         "svm": svm,
-        "offset_image": geometry.offset_features(si, k_offset),
-        "offset_text": geometry.offset_features(stx, k_offset),
-        "linear": geometry.linear_separability(_loaded.image, _loaded.text),
+        "linear": data.report_number(sec.get("linear_accuracy")),
     }
+
+
+@st.cache_data(show_spinner="per-feature means and spreads…", max_entries=8)
+def feature_moments(fingerprint: str, _loaded: data.Loaded) -> dict:
+    """{modality: (mean, std)} per feature, float64, population std (as
+    ``geometry.summarize``): one chunked pass each, without the d x d
+    covariance the Separability page does not need."""
+    out = {}
+    for name, x in (("image", _loaded.image), ("text", _loaded.text)):
+        mean = column_mean(x, MOMENT_ROWS)
+        sq = np.zeros(x.shape[1], dtype=np.float64)
+        for sl in row_chunks(x.shape[0], MOMENT_ROWS):
+            block = np.asarray(x[sl], dtype=np.float64)
+            block -= mean
+            sq += np.einsum("ij,ij->j", block, block)
+        out[name] = (mean, np.sqrt(np.clip(sq / x.shape[0], 0.0, None)))
+    return out
 
 
 def bins_range(n_items: int, *, lo: int = 10, hi: int = 200, default: int = 50,
@@ -63,9 +100,10 @@ def clamp_state(key: str, lo, hi) -> None:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def offsets(fingerprint: str, _loaded: data.Loaded, modality: str, k: int) -> list[dict]:
-    """The ``k`` features with the largest |mean| / std of one modality (Fig. 3)."""
-    si, stx = summaries(fingerprint, _loaded)
-    return geometry.offset_features(si if modality == "image" else stx, int(k))
+    """The ``k`` features with the largest |mean| / std of one modality (Fig. 3):
+    ``geometry.offset_features`` on :func:`feature_moments`."""
+    mean, std = feature_moments(fingerprint, _loaded)[modality]
+    return geometry.offset_features(SimpleNamespace(mean=mean, std=std), int(k))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

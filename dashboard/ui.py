@@ -118,7 +118,11 @@ def _leave_pages_directory_mode() -> None:
         from streamlit.runtime.pages_manager import PagesManager
     except ImportError:        # a Streamlit without the flag has no such mode
         return
-    if getattr(PagesManager, "uses_pages_directory", False):
+    # Once per session: AppTest resets the flag before every run, and a rerun
+    # on each would drop that run's button clicks.
+    if getattr(PagesManager, "uses_pages_directory", False) \
+            and not st.session_state.get("_left_pages_directory_mode"):
+        st.session_state["_left_pages_directory_mode"] = True
         PagesManager.uses_pages_directory = False
         st.rerun()
 

@@ -23,13 +23,18 @@ if n_items < d:
             "statistics rest on few items, and a classifier on all features separates "
             "almost any such set (read the all-feature accuracy with care).")
 
+# The page's numbers are the first stage of the dataset's report: read from the
+# stored report (computed and stored once, its progress bar drawn here, when none is).
+with ui.section("Separability report"):
+    shape.separability(loaded)
+
 # ---------------------------------------------------------------- controls
 chosen, k_bar = [], min(10, d)
 bins_lo, bins_hi, bins_default, bins_step = shape.bins_range(n_items, lo=10, hi=200,
                                                              default=50, step=10)
 bins = bins_default
 with figures.controls(), ui.section("Controls"):
-    sep = shape.separability(fp, loaded)
+    sep = shape.separability(loaded)
     chosen = st.multiselect("Features to compare (histograms)", options=sep["order"],
                             default=sep["order"][:3], key="sep_features",
                             format_func=lambda f: f"feature {f} (Sep {sep['sep'][f]:.2f})",
@@ -44,7 +49,7 @@ with figures.controls(), ui.section("Controls"):
 
 # ---------------------------------------------------------------- metrics
 with ui.section("Separability summary"):
-    sep = shape.separability(fp, loaded)
+    sep = shape.separability(loaded)
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Separable features (Sep > 1, Eq. 5)", f"{sep['n_above_1']:,}",
               help=f"out of {d} features")
@@ -66,7 +71,7 @@ with ui.section("Separability summary"):
 # ---------------------------------------------------------------- histograms
 with ui.section("Per-feature histograms"):
     st.subheader("Per-feature histograms, image vs text (Fig. 2 left)")
-    sep = shape.separability(fp, loaded)
+    sep = shape.separability(loaded)
     if not chosen:
         st.info("Choose at least one feature in the sidebar.")
     cols = st.columns(min(3, max(1, len(chosen))))
@@ -90,7 +95,7 @@ with ui.section("Per-feature histograms"):
 # ---------------------------------------------------------------- sorted Sep
 with ui.section("Sorted separability"):
     st.subheader("Sorted separability (Fig. 3 left)")
-    sep = shape.separability(fp, loaded)
+    sep = shape.separability(loaded)
     fig = go.Figure(go.Scatter(x=list(range(1, d + 1)), y=sep["sorted"],
                                mode="lines+markers", name="Sep(l)", customdata=sep["order"],
                                line=dict(color=figures.colour(2)),
@@ -106,7 +111,7 @@ with ui.section("Sorted separability"):
 # ---------------------------------------------------------------- SVM scatter
 with ui.section("Top two features and a linear SVM"):
     st.subheader("The two most separable features and a linear SVM (Fig. 2 right)")
-    sep = shape.separability(fp, loaded)
+    sep = shape.separability(loaded)
     svm = sep["svm"]
     if svm is None:
         st.info("Separating by two features needs at least two features.")
@@ -170,7 +175,7 @@ with ui.section("Features far from zero"):
                           key=f"offset-features-{name}", height=36 * (len(df) + 1) + 3)
 
 with st.expander("Sep(l) for every feature (table)"), ui.section("Sep table"):
-    sep = shape.separability(fp, loaded)
+    sep = shape.separability(loaded)
     figures.table(pd.DataFrame({"rank": range(1, d + 1), "feature": sep["order"],
                                 "Sep": [float(sep["sep"][f]) for f in sep["order"]]}),
                   key="separability-per-feature", height=300)

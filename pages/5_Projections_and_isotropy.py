@@ -161,7 +161,7 @@ def item_scatter(fig: go.Figure, coords: dict, rows: dict, col, *, size: int = 4
 st.subheader("Isotropy (Eq. 1-2, Table 1)")
 with ui.section("Isotropy"):
     few_note(min(n_img, n_txt), "rows in the smaller modality")
-    iso = proj.isotropy(fp, loaded)
+    iso = proj.isotropy(loaded)                # the stored report's numbers
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("I1 image (min Z / max Z)", f"{iso['image']['I1']:.6g}",
               help="1 = isotropic; near 0 = a narrow cone.")
@@ -169,6 +169,8 @@ with ui.section("Isotropy"):
     m3.metric("I2 image (std Z / mean Z)", f"{iso['image']['I2']:.6g}",
               help="0 = isotropic.")
     m4.metric("I2 text", f"{iso['text']['I2']:.6g}")
+    st.caption("All rows of each modality, L2-normalised; from the dataset's report "
+               "(`clipgeom report`, Home), computed once per dataset version.")
 
 # ---- joint SVD projection ----------------------------------------------------
 st.subheader(("Centred" if centred else "Uncentred") + " joint SVD projection (Fig. 8)")

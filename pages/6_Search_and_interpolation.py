@@ -210,6 +210,9 @@ with ui.section("SLERP vs vSLERP"):
                               "shell; vSLERP around α·m keeps ‖x − m‖ between the "
                               "endpoints' (on the shell at α = 1).", key="interp-conformity",
                          height=340)
+            by = pth.get("nearest_by", {})
+            st.caption(f"Nearest images: {by.get('image', 'exact scan')}; nearest captions: "
+                       f"{by.get('text', 'exact scan')}.")
             left, right = st.columns(2)
             for col, key, label in ((left, "slerp", "SLERP"), (right, "vslerp", "vSLERP")):
                 with col:

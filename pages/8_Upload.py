@@ -1,10 +1,17 @@
 """Upload: images + captions, one zip, or precomputed .npy arrays -> a new dataset;
-a sample zip to try it; deleting one's own datasets.
+a sample zip to try it; the Jobs panel; deleting one's own datasets.
 
-Each submit starts from an empty status area (one st.empty slot that the
-progress bar, then the result, replace); the result of the latest attempt,
-success or error, is the only one shown. File names and reasons are the
-user's own (never the server's staging paths) and are shown as plain text."""
+Images and zips are embedded by a background job (clipgeom.background): the
+submit checks the upload, stages its files in the job's folder and starts the
+job's process, so switching pages, touching a widget, closing the tab or
+restarting the server never loses it. The Jobs panel (dashboard/jobs.py)
+follows every job. Precomputed .npy arrays are imported at once (a check and a
+copy: seconds at the size cap).
+
+Each submit starts from an empty status area; the result of the latest
+attempt (an error, the running job, then its dataset or its failure) is the
+only one shown there. File names and reasons are the user's own (never the
+server's staging paths) and are shown as plain text."""
 
 import logging
 import time
@@ -16,12 +23,15 @@ import streamlit as st
 from clipgeom import embed, sample_zip, store, upload
 from clipgeom.errors import ClipgeomError
 from clipgeom.safety import plain_markdown
-from dashboard import figures, ui
+from dashboard import figures, jobs, ui
 
 log = logging.getLogger("clipgeom.dashboard")
-RESULT = "upload_result"        # {"ok": name} or {"error": message}: the latest attempt
+# The latest attempt: {"job": id} (an embedding job), {"ok": name} (an .npy
+# import) or {"error": message}.
+RESULT = "upload_result"
 DELETED = "upload_deleted"      # {"ok": name} or {"error": message}: the latest deletion
 
+jobs.select_finished(RESULT)    # this session's finished upload: selected on every page
 ui.page_header("upload")
 
 st.title("Upload a dataset")
@@ -38,51 +48,63 @@ def pair(f):
     return None if f is None else (f.name, f.getvalue())
 
 
-def progress_bar(slot):
-    """A job.run progress callback drawing a bar (in ``slot``) with the ETA of
-    the current stage."""
-    bar = slot.progress(0.0, text="starting…")
-    started: dict = {}
-
-    def say(stage: str, done: int, total: int) -> None:
-        t0 = started.setdefault(stage, time.monotonic())
-        frac = done / total if total else 1.0
-        eta = ""
-        if 0 < done < total:
-            eta = f", about {(time.monotonic() - t0) / done * (total - done):.0f} s left"
-        bar.progress(min(frac, 1.0), text=f"{stage}: {done:,} of {total:,}{eta}")
-    return say
-
-
-def create(kind: str, name: str, files: dict, spec, overwrite: bool, say):
+def create(kind: str, name: str, files: dict, spec, overwrite: bool) -> dict:
+    """Start the embedding job (images, zip) or import the arrays (.npy): the
+    new RESULT."""
     if kind.startswith("Images"):
-        return upload.embed_images(name, [pair(f) for f in files["images"]],
-                                   pair(files["captions"]), spec, limits=limits,
-                                   overwrite=overwrite, progress=say)
+        return {"job": upload.start_embed_images(
+            name, [pair(f) for f in files["images"]], pair(files["captions"]), spec,
+            limits=limits, overwrite=overwrite)}
     if kind.startswith("One zip"):
-        return upload.embed_zip(name, pair(files["zip"]), spec, limits=limits,
-                                overwrite=overwrite, progress=say)
-    return upload.import_npy(name, pair(files["image"]), pair(files["text"]),
-                             pair(files["captions"]), limits=limits, overwrite=overwrite)
+        return {"job": upload.start_embed_zip(name, pair(files["zip"]), spec, limits=limits,
+                                              overwrite=overwrite)}
+    t0 = time.monotonic()
+    ds = upload.import_npy(name, pair(files["image"]), pair(files["text"]),
+                           pair(files["captions"]), limits=limits, overwrite=overwrite)
+    return {"ok": ds.name, "seconds": time.monotonic() - t0}
 
 
 def show_result(res: dict | None) -> None:
-    """The latest attempt's outcome: the new dataset and its skipped files, or
-    the error. Everything user-supplied is plain text."""
+    """The latest attempt's outcome: the job while it runs, then the new dataset
+    and its skipped files, or the error. Everything user-supplied is plain text."""
     if not res:
         return
     if "error" in res:
         st.error(plain_markdown(res["error"]))
         return
-    names = {d["name"] for d in store.list_datasets()}
-    if res.get("ok") not in names:          # deleted since
+    if "job" in res:
+        info = jobs.status(res["job"])
+        if info is None:                    # removed from the Jobs panel
+            return
+        what = plain_markdown(repr(info.dataset))
+        if info.active:
+            st.info(f"Embedding {what} in the background (job {info.id}). You can switch "
+                    "pages, change settings or close this tab: the job goes on, and the "
+                    "Jobs panel below follows it.")
+        elif info.resumable:
+            st.warning(f"The job for {what} was interrupted (its process stopped). Resume "
+                       "it in the Jobs panel below: it continues from its finished chunks.")
+        elif info.state == "failed":
+            st.error(plain_markdown(upload.user_message(info.error or "the job failed.")))
+        elif info.state == "cancelled":
+            st.info(f"The job for {what} was cancelled; no dataset was changed.")
+        else:
+            show_dataset(info.result, info.seconds())
         return
-    ds = store.open_dataset(res["ok"])
+    show_dataset(res.get("ok"), res.get("seconds"))
+
+
+def show_dataset(name, seconds) -> None:
+    """A created dataset: its size, the time it took, its skipped files."""
+    names = {d["name"] for d in store.list_datasets()}
+    if name not in names:                   # deleted since
+        return
+    ds = store.open_dataset(name)
     st.success(f"Created dataset {plain_markdown(repr(ds.name))}: {ds.n_images:,} images, "
                f"{ds.n_texts:,} captions, {ds.dim} dimensions, {len(ds.pairs()[0]):,} "
                "pairs. It is now selected on every page.")
-    if res.get("seconds") is not None:
-        st.caption(f"Took {res['seconds']:.1f} s.")
+    if seconds is not None:
+        st.caption(f"Took {seconds:.1f} s.")
     skipped = upload.skipped_for_user(ds)
     if skipped:
         st.warning(f"{len(skipped)} item(s) were skipped:")
@@ -127,8 +149,8 @@ with ui.section("Create a dataset"):
                                 help="Downloaded once from the model hub; needs internet.")
             spec = embed.ModelSpec(arch.strip(), pretrained=tag.strip() or None)
 
-    # One form: changing a field while a dataset is being embedded does not rerun the
-    # page (which would abort the job); the choices above only change the form's shape.
+    # One form: the files and the name are sent together on submit; the choices
+    # above only change the form's shape.
     with st.form("upload_form", border=False):
         c1, c2 = st.columns([2, 1])
         name = c1.text_input("Dataset name", key="upload_name", placeholder="my-photos",
@@ -160,8 +182,8 @@ with ui.section("Create a dataset"):
             ready = files["image"] is not None and files["text"] is not None
         go = st.form_submit_button("Create dataset", type="primary")
 
-    # The status area: one slot, emptied at every submit, then holding the bar,
-    # then the result. Nothing of an earlier attempt survives a new one.
+    # The status area: one slot, emptied at every submit, then holding the
+    # result. Nothing of an earlier attempt survives a new one.
     status = st.empty()
     if go:
         st.session_state.pop(RESULT, None)
@@ -169,27 +191,29 @@ with ui.section("Create a dataset"):
         if not (ready and name.strip()):
             status.warning("Give the dataset a name and choose its files first.")
         else:
-            t0 = time.monotonic()
             try:
-                ds = create(kind, name.strip(), files, spec, overwrite,
-                            progress_bar(status))
+                res = create(kind, name.strip(), files, spec, overwrite)
             except ClipgeomError as exc:
                 st.session_state[RESULT] = {"error": upload.user_message(str(exc))}
-            except Exception as exc:             # e.g. a network or torch failure
+            except Exception as exc:             # e.g. a full disk or a bug
                 log.exception("upload failed")
                 st.session_state[RESULT] = {"error": upload.user_message(
                     f"the upload failed ({type(exc).__name__}: {str(exc)[:300]}); no "
                     "dataset was changed.")}
             else:
-                st.session_state[RESULT] = {"ok": ds.name,
-                                            "seconds": time.monotonic() - t0}
-                st.session_state["dataset_request"] = ds.name   # selected on every page
-                status.empty()
-                st.rerun()
-            status.empty()                       # the bar goes, whatever happened
+                st.session_state[RESULT] = res
+                if "ok" in res:                  # an import: selected on every page
+                    st.session_state["dataset_request"] = res["ok"]
+                    st.rerun()
     if not (go and not (ready and name.strip())):
         with status.container():
             show_result(st.session_state.get(RESULT))
+
+
+# ------------------------------------------------------------------ jobs
+with ui.section("Jobs"):
+    st.subheader("Jobs")
+    jobs.panel()
 
 
 # ------------------------------------------------------------------ delete

@@ -129,3 +129,23 @@ def test_moving_the_alpha_slider_redraws_the_loss_curves(app_url, browser):
     _assert_no_errors(page)
     assert page.evaluate(first_x) > before
     page.close()
+
+
+def test_a_shared_link_opened_first_on_a_fresh_server_uses_the_app_navigation(
+        browser, tmp_path):
+    """A fresh server whose first visitor follows a deep link (a talk's shared
+    URL after a restart): the page opens with its URL parameters under the
+    app's own navigation, not Streamlit's file list of pages/ (with "app")."""
+    (tmp_path / "home").mkdir()
+    for url in serve(tmp_path / "home"):
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/Compare?compare=gap-clasp,gap-clasp-init")
+        wait_for_run(page)
+        assert_no_errors(page, "deep link")
+        nav = [a.inner_text().strip() for a in
+               page.locator('[data-testid="stSidebarNav"] a').all()]
+        assert "app" not in nav and "Home" in nav and "Compare" in nav, nav
+        assert nav.index("Compare") < nav.index("Upload")       # app.py's order
+        chosen = page.locator('[data-testid="stMultiSelect"]').first.inner_text()
+        assert "gap-clasp" in chosen and "gap-clasp-init" in chosen
+        page.close()

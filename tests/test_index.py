@@ -334,3 +334,199 @@ def test_ivf_batch_search_equals_faiss_search(rng):
     # all lists probed = exact search
     _, truth = brute_topk(q, x, 10)
     assert recall(ix.ivf_batch_search(index, q, 10)[1], truth) == 1.0
+
+
+# ---------------------------------------------------------------- blocks and disk
+
+
+def _memmap(tmp_path, x, name="x.npy"):
+    np.save(tmp_path / name, x)
+    return np.load(tmp_path / name, mmap_mode="r")
+
+
+def test_row_reader_reads_a_memmap_without_touching_it(tmp_path, rng):
+    x = offset_gauss(rng, 1000, 12)
+    m = _memmap(tmp_path, x)
+    with ix._RowReader(m) as r:
+        assert r._fd is not None                 # read with preadv, not via the map
+        np.testing.assert_array_equal(r.block(0, 1000), x)
+        np.testing.assert_array_equal(r.block(137, 560), x[137:560])
+        rows = np.array([0, 1, 2, 9, 500, 501, 999])
+        np.testing.assert_array_equal(r.take(rows), x[rows])
+    # a row range of the map, and another dtype, and a plain array
+    with ix._RowReader(m[100:700]) as r:
+        assert r._fd is not None
+        np.testing.assert_array_equal(r.block(5, 50), x[105:150])
+    h = _memmap(tmp_path, x.astype(np.float16), "h.npy")
+    with ix._RowReader(h) as r:
+        got = r.block(3, 90)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, x.astype(np.float16)[3:90].astype(np.float32))
+    with ix._RowReader(m[:, :5]) as r:            # not row-contiguous: sliced
+        assert r._fd is None
+        np.testing.assert_array_equal(r.block(0, 10), x[:10, :5])
+    b = r.block(0, 4)
+    b[:] = 0                                      # a copy: the source is untouched
+    assert np.array_equal(m[:4, :5], x[:4, :5])
+
+
+def test_flat_index_built_in_tiny_blocks_equals_brute_force(tmp_path, rng, monkeypatch):
+    x = offset_gauss(rng, 777, 24)
+    m = _memmap(tmp_path, x)
+    q = offset_gauss(np.random.default_rng(5), 30, 24)
+    qn = unit(q).astype(np.float32)
+    for chunk in (1, 7, 100, 10_000):
+        monkeypatch.setattr(ix, "CHUNK", chunk)
+        index, params = ix.build_faiss_index(m, "flat")
+        assert index.ntotal == 777 and params["block_rows"] == chunk
+        D, I = index.search(qn, 10)
+        res = ix.SearchResult(scores=D, rows=I, modality="image", kind="flat")
+        assert_same_ranking(res, *brute_topk(q, x, 10))
+
+
+def test_ivf_built_in_tiny_blocks_is_the_same_index(tmp_path, rng, monkeypatch):
+    """Blocks change nothing: the same lists (ids in the same order, same
+    vectors), the same nprobe, and recall against brute force."""
+    x = offset_gauss(rng, 4000, 32)
+    x[11] = 0.0                                   # a zero row rides along
+    m = _memmap(tmp_path, x)
+    monkeypatch.setattr(ix, "CHUNK", 1 << 20)
+    one, p1 = ix.build_faiss_index(m, "ivf")
+    monkeypatch.setattr(ix, "CHUNK", 333)
+    blk, p2 = ix.build_faiss_index(m, "ivf")
+    assert p1["nprobe"] == p2["nprobe"] and p1["zero_rows"] == p2["zero_rows"] == 1
+    assert blk.ntotal == one.ntotal == 4000
+    _assert_same_lists(one, blk)
+    q = offset_gauss(np.random.default_rng(8), 100, 32)
+    qn = unit(q).astype(np.float32)
+    D1, I1 = one.search(qn, 10)
+    D2, I2 = blk.search(qn, 10)
+    np.testing.assert_array_equal(I1, I2)
+    np.testing.assert_array_equal(D1, D2)
+    with np.errstate(invalid="ignore"):           # the zero row's cosines are NaN
+        _, truth = brute_topk(q, x, 10)
+    assert recall(I2, truth) >= ix.RECALL_GOAL
+
+
+def _lists(index):
+    import faiss
+
+    inv = faiss.downcast_InvertedLists(index.invlists)
+    out = []
+    for lst in range(index.nlist):
+        size = inv.list_size(lst)
+        ids = faiss.rev_swig_ptr(inv.get_ids(lst), size).copy() if size else np.empty(0)
+        codes = (faiss.rev_swig_ptr(inv.get_codes(lst), size * index.code_size).copy()
+                 if size else np.empty(0))
+        out.append((ids, codes))
+    return out
+
+
+def _assert_same_lists(a, b):
+    assert a.nlist == b.nlist
+    for (ia, ca), (ib, cb) in zip(_lists(a), _lists(b)):
+        np.testing.assert_array_equal(ia, ib)
+        np.testing.assert_array_equal(ca, cb)
+
+
+def test_ivf_on_disk_answers_like_in_memory(tmp_path, rng, monkeypatch):
+    x = offset_gauss(rng, 3000, 16)
+    m = _memmap(tmp_path, x)
+    monkeypatch.setattr(ix, "CHUNK", 250)
+    mem, pm = ix.build_faiss_index(m, "ivf")
+    disk, pd_ = ix.build_faiss_index(m, "ivf", ondisk=tmp_path / "lists.ivfdata")
+    assert pm["storage"] == "memory" and pd_["storage"] == "disk"
+    # the file holds every vector and id once, nothing else
+    assert (tmp_path / "lists.ivfdata").stat().st_size == 3000 * (16 * 4 + 8)
+    _assert_same_lists(mem, disk)
+    q = unit(offset_gauss(np.random.default_rng(2), 150, 16)).astype(np.float32)
+    for nprobe in (1, pm["nprobe"], mem.nlist):
+        mem.nprobe = disk.nprobe = nprobe
+        np.testing.assert_array_equal(mem.search(q, 10)[1], disk.search(q, 10)[1])
+        np.testing.assert_array_equal(ix.ivf_batch_search(mem, q, 10)[1],
+                                      ix.ivf_batch_search(disk, q, 10)[1])
+    with pytest.raises(InputError, match="flat"):
+        ix.build_faiss_index(m, "flat", ondisk=tmp_path / "no.ivfdata")
+
+
+def test_dataset_index_goes_to_disk_above_the_memory_budget(clipgeom_home, rng,
+                                                            monkeypatch):
+    n, d = 3000, 16
+    img = offset_gauss(rng, n, d)
+    txt = offset_gauss(rng, 900, d, shift=0.5)
+    ds = store.create_dataset("ondisk", img, txt)
+    monkeypatch.setattr(ix, "EXACT_LIMIT", 500)
+    monkeypatch.setattr(ix, "CHUNK", 400)
+    q = offset_gauss(np.random.default_rng(4), 80, d)     # >= IVF_BATCH_MIN: list by list
+
+    mem_info = ix.build_index(ds, "image")                # default budget: in memory
+    assert mem_info.kind == "ivf" and mem_info.params["storage"] == "memory"
+    want = ix.search(ds, "image", q, k=10)
+    want_one = ix.search(ds, "image", q[:3], k=10)        # query by query
+    assert not (ds.index_dir / "image.ivfdata").exists()
+
+    monkeypatch.setenv("CLIPGEOM_INDEX_MEMORY_MB", str(n * d * 4 / 2 ** 20 / 2))
+    assert ix.storage_for("ivf", n, d) == "disk" and ix.storage_for("flat", n, d) == "memory"
+    info = ix.build_index(ds, "image", force=True)
+    assert info.kind == "ivf" and info.params["storage"] == "disk"
+    od = info.params["ondisk"]
+    data = ds.index_dir / "image.ivfdata"
+    assert od["file"] == "image.ivfdata" and data.stat().st_size == od["bytes"] == n * (d * 4 + 8)
+    # the .faiss file is only the header: quantizer and list offsets
+    assert (ds.index_dir / "image.faiss").stat().st_size < od["bytes"] / 4
+    for _ in range(2):                                     # built, then read back fresh
+        got = ix.search(ds, "image", q, k=10)
+        np.testing.assert_array_equal(got.rows, want.rows)
+        np.testing.assert_allclose(got.scores, want.scores, atol=1e-6)
+        np.testing.assert_array_equal(ix.search(ds, "image", q[:3], k=10).rows,
+                                      want_one.rows)
+        ix.clear_cache()
+    # the same nprobe as in memory (same sample, same lists)
+    assert info.params["nprobe"] == mem_info.params["nprobe"]
+    res = ix.search_item(ds, "image", 7, "image", k=5)
+    assert 7 not in res.rows[0]
+
+    # a damaged data file is found (size; or content once its mtime moved) and rebuilt
+    ix.clear_cache()
+    raw = bytearray(data.read_bytes())
+    raw[100:108] = b"\xff" * 8
+    data.write_bytes(bytes(raw))                           # same size, new mtime
+    got = ix.search(ds, "image", q, k=10)
+    np.testing.assert_array_equal(got.rows, want.rows)
+    assert json.loads((ds.index_dir / "image.json").read_text())["params"]["storage"] == "disk"
+    ix.clear_cache()
+    with open(data, "r+b") as f:
+        f.truncate(od["bytes"] - 8)
+    np.testing.assert_array_equal(ix.search(ds, "image", q, k=10).rows, want.rows)
+
+    # back under the budget: an in-memory rebuild removes the on-disk lists
+    monkeypatch.delenv("CLIPGEOM_INDEX_MEMORY_MB")
+    assert ix.build_index(ds, "image", force=True).params["storage"] == "memory"
+    assert not data.exists()
+    np.testing.assert_array_equal(ix.search(ds, "image", q, k=10).rows, want.rows)
+    # storage can be asked for; a flat index cannot live on disk
+    assert ix.build_index(ds, "text", storage="disk").params["storage"] == "disk"
+    with pytest.raises(InputError, match="flat"):
+        ix.build_index(ds, "text", kind="flat", storage="disk")
+    with pytest.raises(InputError, match="storage"):
+        ix.build_index(ds, "text", storage="cloud")
+
+
+def test_memory_budget_setting(monkeypatch):
+    monkeypatch.delenv("CLIPGEOM_INDEX_MEMORY_MB", raising=False)
+    assert ix.memory_budget() >= 256 * 2 ** 20
+    monkeypatch.setattr(ix, "MEMORY_BUDGET", 12345)
+    assert ix.memory_budget() == 12345
+    monkeypatch.setenv("CLIPGEOM_INDEX_MEMORY_MB", "2")
+    assert ix.memory_budget() == 2 * 2 ** 20
+    monkeypatch.setenv("CLIPGEOM_INDEX_MEMORY_MB", "lots")
+    with pytest.raises(InputError, match="CLIPGEOM_INDEX_MEMORY_MB"):
+        ix.memory_budget()
+
+
+def test_build_index_lets_go_of_what_it_built(small):
+    ds, img, _ = small
+    ix.build_index(ds, "image")
+    assert ix._cache_get(ds, "image") is None             # written, not held
+    ix.search(ds, "image", img[:2], k=3)
+    assert ix._cache_get(ds, "image") is not None          # loaded when searched

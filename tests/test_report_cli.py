@@ -293,3 +293,112 @@ def test_conformity_piped_into_a_reader_that_stops_exits_quietly(tmp_path, clipg
     assert sh.stdout.splitlines()[0] == "id,exact,estimated,cos_to_mean,source"
     assert len(sh.stdout.splitlines()) == 2
     assert "Traceback" not in sh.stderr and sh.stderr.strip() == ""
+
+
+# --------------------------------------------------------------------------
+# Issue 12: the CLI writes the stored report the dashboard reads; --engine ray
+# --------------------------------------------------------------------------
+
+
+def _no_recompute(monkeypatch):
+    from clipgeom import report
+
+    def refuse(*a, **k):
+        raise AssertionError("recomputed instead of reading the stored report")
+
+    monkeypatch.setattr(report, "report_for_dataset", refuse)
+
+
+def test_cli_report_stores_what_the_dashboards_home_reads(clipgeom_home, capsys, monkeypatch):
+    from clipgeom import report, store
+    from dashboard import data
+
+    d = synthetic.two_shells(300, 12, seed=6)
+    # a learned temperature with more decimals than the dashboard's control shows
+    store.create_dataset("home", d.image, d.text, model={"name": "m", "temperature": 0.0123456})
+    assert main(["report", "home", "--json", "--quiet"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    ds = store.open_dataset("home")
+    files = list(ds.cache_dir.glob("report-*.json"))
+    assert len(files) == 1
+    assert json.loads(files[0].read_text()) == cli
+    # the dashboard's Home: its τ control's default (dashboard/ui.py clamps the
+    # Loaded default to [0.001, 1]), 5,000 pairs, seed 0
+    ii, tt = ds.pairs()
+    loaded = data.Loaded(name="home", image=ds.image_emb, text=ds.text_emb,
+                         pair_image_rows=ii, pair_text_rows=tt, fingerprint=ds.fingerprint,
+                         synthetic=False, model="m", temperature=0.0123456)
+    tau = min(max(loaded.default_temperature, 0.001), 1.0)
+    assert tau == report.default_temperature(ds) == cli["temperature"] == 0.0123
+    _no_recompute(monkeypatch)
+    assert report.stored_report(ds, temperature=tau, max_pairs=5000) == cli
+    # and a second CLI run reads it back too
+    assert main(["report", "home", "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out) == cli
+
+
+def test_cli_report_recompute_replaces_the_stored_report(clipgeom_home, capsys):
+    from clipgeom import store
+
+    d = synthetic.two_shells(200, 8, seed=7)
+    store.create_dataset("re", d.image, d.text)
+    assert main(["report", "re", "--json", "--quiet"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    f = next(store.open_dataset("re").cache_dir.glob("report-*.json"))
+    f.write_text(json.dumps({**first, "dataset": "tampered", "n_pairs": -1}))
+    assert main(["report", "re", "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_pairs"] == -1        # read as stored
+    assert main(["report", "re", "--json", "--quiet", "--recompute"]) == 0
+    assert json.loads(capsys.readouterr().out) == first
+    assert json.loads(f.read_text())["n_pairs"] == first["n_pairs"]
+
+
+def _close_reports(a, b, rel=1e-9):
+    """Every number equal to ``rel`` (relative), everything else equal."""
+    if isinstance(a, dict):
+        assert set(a) == set(b)
+        for k in a:
+            _close_reports(a[k], b[k], rel)
+    elif isinstance(a, list):
+        assert len(a) == len(b)
+        for p, q in zip(a, b):
+            _close_reports(p, q, rel)
+    elif isinstance(a, float) and isinstance(b, float):
+        assert b == pytest.approx(a, rel=rel, abs=1e-300)
+    else:
+        assert a == b
+
+
+def test_report_engine_ray_equals_engine_local(tmp_path, clipgeom_home, capsys):
+    pytest.importorskip("ray")
+    from clipgeom import store
+
+    d = synthetic.two_shells(500, 16, seed=8)
+    texts_rows = np.r_[np.arange(500), np.arange(0, 500, 5)]          # 600 captions
+    import pandas as pd
+    texts = pd.DataFrame({"image_id": [f"img{k:05d}" for k in texts_rows]})
+    txt = np.vstack([d.text, d.text[::5] + 0.01])
+    store.create_dataset("r", d.image, txt, texts=texts)
+    args = ["report", "r", "--json", "--quiet", "--recompute", "--block-rows", "64",
+            "--max-pairs", "200"]
+    assert main(args) == 0
+    local = json.loads(capsys.readouterr().out)
+    assert main(args + ["--engine", "ray"]) == 0         # ray.init(num_cpus=2), 8+10 blocks
+    ray_rep = json.loads(capsys.readouterr().out)
+    assert local["computation"].pop("engine") == "local"
+    assert ray_rep["computation"].pop("engine") == "ray"
+    _close_reports(local, ray_rep)
+    assert local["n_texts"] == 600 and local["n_pairs"] == 500
+
+
+def test_report_engine_ray_without_ray_says_how_to_install(clipgeom_home, capsys, monkeypatch):
+    from clipgeom import store
+
+    d = synthetic.two_shells(50, 8, seed=9)
+    store.create_dataset("nr", d.image, d.text)
+    monkeypatch.setitem(sys.modules, "ray", None)        # import ray -> ImportError
+    assert main(["report", "nr", "--engine", "ray", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "clipgeom: error:" in err and "ray" in err and "--engine local" in err
+    assert main(["report", "nr", "--address", "auto", "--quiet"]) == 2
+    assert "--address is for --engine ray" in capsys.readouterr().err

@@ -1,4 +1,6 @@
-"""Uploads through clipgeom.upload (the Upload page's core) and the page itself."""
+"""Uploads through clipgeom.upload (the Upload page's core) and the page itself
+(whose embedding runs as a background job: tests/test_background_jobs.py and
+tests/test_page_jobs.py follow the jobs themselves)."""
 
 import io
 import zipfile
@@ -9,7 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from apptest_helpers import change_every_control
-from clipgeom import embed, sample_zip, store, upload
+from clipgeom import background, embed, sample_zip, store, upload
 from clipgeom.errors import DatasetError, InputError
 from tiny_data import tiny_dataset
 
@@ -67,6 +69,25 @@ def test_limits_and_bad_names_fail_before_anything_is_written(clipgeom_home, ima
     assert store.list_datasets() == []
     assert not list((clipgeom_home / "uploads").iterdir())     # staging removed
     assert not (clipgeom_home / "jobs").exists() or not list((clipgeom_home / "jobs").iterdir())
+    # the background path refuses the same uploads with the same words, before
+    # any job exists
+    start = upload.start_embed_images
+    with pytest.raises(InputError, match="12 files were uploaded; the limit is 5"):
+        start("a", files, None, spec, limits=upload.UploadLimits(max_files=5))
+    with pytest.raises(InputError, match="limit is 0.0 MB"):
+        start("a", files, None, spec, limits=upload.UploadLimits(max_total_bytes=1000))
+    with pytest.raises(InputError, match="'notes.exe': not an image"):
+        start("a", files + [("notes.exe", b"MZ")], None, spec)
+    with pytest.raises(InputError, match="both called 'img1.png'"):
+        start("a", files + [("sub/img1.png", b"x")], None, spec)
+    with pytest.raises(InputError, match="no captions file"):
+        start("a", files, None, spec)
+    with pytest.raises(InputError, match="expected a .zip"):
+        upload.start_embed_zip("a", ("x.tar", b"x"), spec)
+    with pytest.raises(InputError, match="limit is 0.0 MB"):
+        upload.start_embed_zip("a", ("x.zip", b"x" * 2000), spec,
+                               limits=upload.UploadLimits(max_total_bytes=1000))
+    assert background.list_jobs() == []
     assert upload.safe_name("../../etc/passwd") == "passwd"
     assert upload.safe_name("..\\x\\.hidden") == "hidden"
     assert upload.safe_name("my photo.jpg") == "my photo.jpg"    # kept: captions name it
@@ -200,11 +221,19 @@ def _submit(at):
 
 
 def _upload_zip(at, name, data, filename="set.zip", overwrite=False):
+    """Submit a zip on the page; when that started a job, wait for it to end
+    and rerun the page (what the Jobs panel's polling does in a browser)."""
     at.radio(key="upload_kind").set_value(ZIP_KIND).run()
     at.text_input(key="upload_name").set_value(name)
     at.checkbox(key="upload_overwrite").set_value(overwrite)
     at.file_uploader(key="upload_zip").set_value((filename, data, "application/zip"))
-    return _submit(at)
+    _submit(at)
+    res = at.session_state["upload_result"] if "upload_result" in at.session_state else {}
+    if "job" in res:
+        assert any("in the background" in i.value for i in at.info)
+        assert not background.wait(res["job"], timeout=300).active
+        at.run()
+    return at
 
 
 def test_sample_zip_is_deterministic_and_its_captions_describe_its_images():
@@ -281,6 +310,12 @@ def test_user_message_cuts_staging_paths(clipgeom_home):
     assert upload.user_message(f"{st_root}/my set.zip: not a zip") == "my set.zip: not a zip"
     assert upload.user_message("/elsewhere/uploads/upload-zz/text/t.npy: NaN") == "t.npy: NaN"
     assert upload.user_message("plain reason") == "plain reason"
+    # a background job's staged inputs are cut the same way
+    job_in = clipgeom_home / "background" / "20250101-120000-ab12cd" / "input"
+    assert upload.user_message(f"{job_in}/images/my photo.png: bad") == "my photo.png: bad"
+    assert upload.user_message(f"'{job_in}/extracted/set-x1y2z3w4/set/a.png': x") == \
+        "'set/a.png': x"
+    assert upload.user_message(f"{job_in}/my set.zip: not a zip") == "my set.zip: not a zip"
 
 
 @pytest.mark.skipif(not HAS_DEMO_MODEL, reason="the demo model is not built")
@@ -312,7 +347,7 @@ def test_each_attempt_replaces_the_previous_result(bundled_home, monkeypatch):
     # an unexpected failure inside the pipeline
     def boom(*a, **k):
         raise RuntimeError("CUDA exploded")
-    monkeypatch.setattr(upload, "embed_zip", boom)
+    monkeypatch.setattr(upload, "start_embed_zip", boom)
     at.radio(key="upload_model").set_value("demo model (bundled, offline)").run()
     _upload_zip(at, "third", _zip(good))
     assert not at.exception
@@ -320,6 +355,8 @@ def test_each_attempt_replaces_the_previous_result(bundled_home, monkeypatch):
     [err] = at.error
     assert "CUDA exploded" in err.value and "RuntimeError" in err.value
     assert "first" in [d["name"] for d in store.list_datasets()]
+    # the Jobs panel lists both jobs, without repeating their outcome as boxes
+    assert [j.dataset for j in background.list_jobs()] == ["second", "first"]
 
 
 @pytest.mark.skipif(not HAS_DEMO, reason="the bundled demo is not built")

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from .. import validate
 from ..errors import DatasetError, InputError
 from . import locks
 from .files import load_npy, pair_rows, to_none
@@ -253,5 +254,26 @@ def open_version(path: Path, name: str, read_only: bool, h: Path) -> Dataset:
             f"arrays {img.shape} and {txt.shape}. Re-import {name!r}."
         )
     check_unchanged(path, manifest, name)     # after the structural checks above
+    for fname, arr in ((IMAGE_EMB, img), (TEXT_EMB, txt)):
+        validate.mark_checked(arr, _row_check(manifest["arrays"][fname]["sha256"]))
     hold = None if read_only else locks.ReaderHold(path)
     return Dataset(name, path, manifest, read_only, img, txt, h, hold)
+
+
+# Row checks (NaN/Inf, zero rows) of stored arrays, by the array file's sha256:
+# run once per process at the first analysis of an opened array, then reused
+# by every later open of the same content (clipgeom.validate.mark_checked).
+_ROW_CHECKS: dict[str, "validate.RowCheck"] = {}
+_ROW_CHECKS_MAX = 64
+
+
+def _row_check(sha256: str):
+    def check(arr: np.ndarray) -> "validate.RowCheck":
+        found = _ROW_CHECKS.get(sha256)
+        if found is None or found.rows != arr.shape[0]:
+            found = validate.scan_rows(arr)
+            if len(_ROW_CHECKS) >= _ROW_CHECKS_MAX:
+                _ROW_CHECKS.pop(next(iter(_ROW_CHECKS)))
+            _ROW_CHECKS[sha256] = found
+        return found
+    return check

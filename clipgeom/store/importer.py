@@ -13,12 +13,14 @@ from .. import validate
 from ..captions import read_captions, read_image_list, read_labels
 from ..errors import InputError
 from .dataset import Dataset
-from .files import load_npy
+from .files import HEADER_ERRORS, NpyRows
 from .layout import check_name, resolve_home
 from .writer import _create
 
 
-def _load_user_npy(path, what: str) -> np.ndarray:
+def _load_user_npy(path, what: str) -> NpyRows:
+    """The user's ``.npy`` file, header read and checked; its rows are read
+    later, block by block, while they are copied into the store."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: {what} file not found.")
@@ -29,18 +31,18 @@ def _load_user_npy(path, what: str) -> np.ndarray:
             f"{p}: {what} must be a .npy file (saved with np.save); got "
             f"{p.suffix or 'no extension'!r}."
         )
-    arr, problem = load_npy(p)
-    if problem == "pickled":
+    try:
+        rows = NpyRows(p)
+    except HEADER_ERRORS as exc:           # numpy parses the header as Python
+        raise InputError(
+            f"{p}: not a valid .npy file ({exc}); save the {what} with np.save."
+        ) from None
+    if rows.dtype.hasobject:
         raise InputError(
             f"{p}: contains pickled objects; clipgeom never unpickles user "
             "files; save a plain float array with np.save."
         )
-    if problem:
-        raise InputError(
-            f"{p}: not a valid .npy file ({problem[9:]}); save the {what} "
-            "with np.save."
-        )
-    return arr
+    return rows
 
 
 def _resolve_images(caps: pd.DataFrame, sources, n_img: int, image_ids,
@@ -108,12 +110,10 @@ def import_arrays(name: str, image_emb, text_emb, *, captions=None,
     txt = _load_user_npy(txt_path, "text embeddings")
     img_name = f"image embeddings ({img_path})"
     txt_name = f"text embeddings ({txt_path})"
-    n_img = int(img.shape[0]) if img.ndim >= 1 else 0
-    n_txt = int(txt.shape[0]) if txt.ndim >= 1 else 0
-    if img.ndim != 2 or txt.ndim != 2:
-        # Let validate give the standard message (names the file).
-        validate.embeddings(img, img_name, min_rows=1)
-        validate.embeddings(txt, txt_name, min_rows=1)
+    # Shapes and dtypes from the headers now; the rows are checked (NaN/Inf,
+    # zero rows), hashed and copied in one pass while the dataset is written.
+    n_img, _ = validate.shape(img.shape, img.dtype, img_name, min_rows=1)
+    n_txt, _ = validate.shape(txt.shape, txt.dtype, txt_name, min_rows=1)
 
     image_ids = [f"img{i:05d}" for i in range(n_img)]
     images = pd.DataFrame({"image_id": image_ids})

@@ -1,6 +1,8 @@
-"""Writing a dataset: validate everything first, write a new version beside
-the old, switch to it atomically (see ``versions``), under the name's writer
-lock (see ``locks``)."""
+"""Writing a dataset: check shapes and tables first, write a new version
+beside the old (each array streamed in row blocks: checked, hashed and written
+in one pass), switch to it atomically (see ``versions``), under the name's
+writer lock (see ``locks``). A row that fails its check aborts the write and
+nothing is left behind."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from ..errors import DatasetError, InputError
 from . import locks, versions
 from .catalog import open_dataset
 from .dataset import Dataset
-from .files import (fingerprint_of, fsync_dir, is_normalized, json_default, pair_rows,
+from .files import (ArrayRows, NpyRows, fingerprint_of, fsync_dir, json_default, pair_rows,
                     save_array, sha256_file, write_manifest, write_table)
 from .layout import (ARRAY_FILES, IMAGE_EMB, IMAGES, MANIFEST, SCHEMA_VERSION, TABLE_FILES,
                      TEXT_EMB, TEXTS, check_name, make_dir, read_only_map, resolve_home)
@@ -77,16 +79,20 @@ def _create(name, image_emb, text_emb, images, texts, *, model, source,
         )
     final = h / "datasets" / name
     _refuse_existing(final, name, overwrite, h)
-    img = validate.embeddings(image_emb, image_name, min_rows=1, allow_zero=False)
-    txt = validate.embeddings(text_emb, text_name, min_rows=1, allow_zero=False)
-    if img.shape[0] < 2 and txt.shape[0] < 2:
+    # Shapes now; the rows are checked (NaN/Inf, zero rows), hashed and written
+    # in one pass per array below (files.write_float32_rows): memory is one
+    # row block, whatever the arrays' length.
+    img, txt = _rows_source(image_emb, image_name), _rows_source(text_emb, text_name)
+    n_img, _ = validate.shape(img.shape, img.dtype, image_name, min_rows=1)
+    n_txt, _ = validate.shape(txt.shape, txt.dtype, text_name, min_rows=1)
+    if n_img < 2 and n_txt < 2:
         raise InputError(
-            f"{image_name} and {text_name} have {img.shape[0]} and "
-            f"{txt.shape[0]} rows; at least one of them needs 2 or more rows."
+            f"{image_name} and {text_name} have {n_img} and "
+            f"{n_txt} rows; at least one of them needs 2 or more rows."
         )
-    validate.same_width(img, txt, image_name, text_name)
-    img_df = prepare_images(images, img.shape[0])
-    txt_df = prepare_texts(texts, txt.shape[0], img_df["image_id"].tolist())
+    validate.same_width(_Shape(img.shape), _Shape(txt.shape), image_name, text_name)
+    img_df = prepare_images(images, n_img)
+    txt_df = prepare_texts(texts, n_txt, img_df["image_id"].tolist())
     img_tab = to_arrow(img_df, IMAGES, "images table")
     txt_tab = to_arrow(txt_df, TEXTS, "texts table")
     model = norm_model(model)
@@ -125,8 +131,10 @@ def _create(name, image_emb, text_emb, images, texts, *, model, source,
                             f"images table row {i} (0-based): thumbnail {t!r} is "
                             f"not in the thumbnails folder {thumbs_dir}."
                         )
-            save_array(tmp / IMAGE_EMB, np.ascontiguousarray(img, dtype=np.float32))
-            save_array(tmp / TEXT_EMB, np.ascontiguousarray(txt, dtype=np.float32))
+            written = {}
+            for fname, src, what in ((IMAGE_EMB, img, image_name), (TEXT_EMB, txt, text_name)):
+                written[fname] = save_array(tmp / fname, src)      # streamed
+                written[fname].check.raise_for(src, what, allow_zero=False)
             write_table(img_tab, tmp / IMAGES)
             write_table(txt_tab, tmp / TEXTS)
             extra_meta = {}
@@ -136,7 +144,8 @@ def _create(name, image_emb, text_emb, images, texts, *, model, source,
                     save_array(tmp / "extra" / f"{k}.npy", arr)
                     extra_meta[k] = {"sha256": sha256_file(tmp / "extra" / f"{k}.npy"),
                                      "shape": list(arr.shape), "dtype": str(arr.dtype)}
-            hashes = {f: sha256_file(tmp / f) for f in ARRAY_FILES + TABLE_FILES}
+            hashes = {f: written[f].sha256 if f in written else sha256_file(tmp / f)
+                      for f in ARRAY_FILES + TABLE_FILES}
             manifest = {
                 "schema_version": SCHEMA_VERSION,
                 "name": name,
@@ -144,18 +153,18 @@ def _create(name, image_emb, text_emb, images, texts, *, model, source,
                               .isoformat(timespec="seconds").replace("+00:00", "Z"),
                 "model": model,
                 "dim": int(img.shape[1]),
-                "n_images": int(img.shape[0]),
-                "n_texts": int(txt.shape[0]),
+                "n_images": n_img,
+                "n_texts": n_txt,
                 "n_pairs": n_pairs,
-                "normalized_input": {"image": is_normalized(img),
-                                     "text": is_normalized(txt)},
+                "normalized_input": {"image": written[IMAGE_EMB].normalized,
+                                     "text": written[TEXT_EMB].normalized},
                 "source": source,
                 # stat: size, mtime and inode, checked on every open (a rename
                 # into the version folder keeps all three).
                 "arrays": {
-                    IMAGE_EMB: {"sha256": hashes[IMAGE_EMB], "shape": list(img.shape),
+                    IMAGE_EMB: {"sha256": hashes[IMAGE_EMB], "shape": [n_img, int(img.shape[1])],
                                 "dtype": "float32", "stat": file_stat(tmp / IMAGE_EMB)},
-                    TEXT_EMB: {"sha256": hashes[TEXT_EMB], "shape": list(txt.shape),
+                    TEXT_EMB: {"sha256": hashes[TEXT_EMB], "shape": [n_txt, int(txt.shape[1])],
                                "dtype": "float32", "stat": file_stat(tmp / TEXT_EMB)},
                 },
                 "tables": {IMAGES: {"sha256": hashes[IMAGES], "stat": file_stat(tmp / IMAGES)},
@@ -178,6 +187,25 @@ def _create(name, image_emb, text_emb, images, texts, *, model, source,
                 ) from exc
             raise
         return open_dataset(name, home=h)
+
+
+def _rows_source(x, name: str):
+    """An array argument as a row-block source (a ``.npy`` being imported
+    stays a file reader; anything else becomes an array)."""
+    if isinstance(x, NpyRows):
+        return x
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # pragma: no cover - exotic objects
+        raise InputError(f"{name}: cannot be read as an array ({exc}).") from None
+    return ArrayRows(arr)
+
+
+class _Shape:
+    """Just a shape, for validate.same_width."""
+
+    def __init__(self, shape):
+        self.shape = shape
 
 
 def _refuse_existing(final: Path, name: str, overwrite: bool, h: Path) -> None:
