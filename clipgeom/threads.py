@@ -7,8 +7,8 @@ every operation each thread waits at a barrier for the others, and a thread
 whose core is busy arrives a scheduler time slice late (OpenMP workers spin
 while they wait, burning the CPU the late thread needs). One thread never
 waits. ``bench/threads_under_load.py`` times every hot kernel with 1 and 2
-threads, on a quiet machine and next to a process spinning one core, and
-:data:`POLICY` records the choice (figures: docs/benchmarks.md, "Thread
+threads, as the machine is and next to a process spinning one core, and
+:data:`POLICY` records the choice (figures: docs/benchmarks.md, "thread
 policy of the hot kernels").
 
 Use::
@@ -47,8 +47,7 @@ from typing import Iterator
 POLICY: dict[str, int | None] = {
     "alpha_sweep": 1,       # loss.alpha_sweep, 3,000 pairs: 4.4 vs 7.6 s; 8.5 vs 9.2 s
     "loss": 1,              # loss.logit_comparison: 2.5 vs 3.1 s; 3.8 vs 3.4 s (best 2.1 vs 3.1)
-    "exact_conformity": None,  # memory-bound mat-vec passes: 1.5 vs 1.6 s; 1.8 vs 2.2 s:
-                            # no loss under load, so the libraries' defaults are kept
+    "exact_conformity": 1,  # two mat-vec passes, 200k x 512: 1.5 vs 1.6 s; 1.8 vs 2.2 s
     "summary": 1,           # geometry.summarize (float64 GEMM), 100k x 512: 9.1 vs 20 s; 14 vs 26 s
     "faiss_search": 1,      # ivf_batch_search, 500 queries: 1.4 vs 53 s; 1.6 vs 69 s
 }
@@ -132,12 +131,28 @@ def _apply(n: int | None) -> None:
             _saved.setdefault("torch", torch.get_num_threads())
             torch.set_num_threads(n)
         try:
-            from threadpoolctl import threadpool_limits
-
-            _limiter = threadpool_limits(limits=n, user_api="blas")
+            _limiter = _controller().limit(limits=n, user_api="blas")
         except Exception:                      # pragma: no cover - no threadpoolctl
             _limiter = None
     _applied = n
+
+
+# Libraries that bring their own BLAS: the controller is rebuilt when one of
+# them has been imported since (finding the loaded libraries takes ms).
+_BLAS_OWNERS = ("numpy", "scipy", "sklearn", "torch", "faiss")
+_ctl = None
+_ctl_key = None
+
+
+def _controller():
+    """threadpoolctl's controller of the BLAS libraries loaded now (cached)."""
+    global _ctl, _ctl_key
+    key = tuple(m in sys.modules for m in _BLAS_OWNERS)
+    if _ctl is None or key != _ctl_key:
+        from threadpoolctl import ThreadpoolController
+
+        _ctl, _ctl_key = ThreadpoolController(), key
+    return _ctl
 
 
 def current() -> dict:

@@ -46,6 +46,10 @@ from streamlit.testing.v1 import AppTest
 
 from clipgeom import index, report, store
 
+# Five stored datasets and their reports (about 5 min on the shared 2-core
+# machine), then ten pages x five runs: 7-14 min in all.
+pytestmark = pytest.mark.timeout(2400)
+
 ROOT = Path(__file__).resolve().parent.parent
 D1, D2 = 32, 128
 N1, N2 = 135_000, 270_000
