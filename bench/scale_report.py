@@ -172,7 +172,7 @@ REPORT = r"""
 import json, sys, time
 from clipgeom import moments, report, store
 ds = store.open_dataset(sys.argv[1])
-eng = moments.RayEngine() if sys.argv[2] == "ray" else moments.LocalEngine()
+eng = moments.engine_for(sys.argv[2])
 say = lambda m: print(f"... {m} |cpu {time.process_time():.1f}", file=sys.stderr, flush=True)
 try:
     rep = report.stored_report(ds, temperature=report.default_temperature(ds), recompute=True,

@@ -80,7 +80,7 @@ def _cmd_synthetic(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from . import moments, report, store
+    from . import moments, parallel, report, store
 
     ds = store.open_dataset(args.name)
     progress = None if args.quiet else (lambda m: print(f"... {m}", file=sys.stderr))
@@ -90,7 +90,7 @@ def _cmd_report(args) -> int:
         raise InputError("--address is for --engine ray.")
     rows = args.block_rows or moments.BLOCK_ROWS
     engine = moments.RayEngine(address=args.address, block_rows=rows) \
-        if args.engine == "ray" else moments.LocalEngine(rows)
+        if args.engine == "ray" else parallel.PoolEngine(rows)
     try:
         # the stored report: the dashboard's Home page reads this same file
         rep = report.stored_report(ds, temperature=temperature, max_pairs=args.max_pairs,

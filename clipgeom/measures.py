@@ -81,7 +81,9 @@ def unit_mean(x, chunk: int = _CHUNK) -> np.ndarray:
     return total / x.shape[0]
 
 
-def _pairs(image, text, pair_image_rows, pair_text_rows):
+def checked_pairs(image, text, pair_image_rows, pair_text_rows):
+    """The pair index arrays as flat int64, refused (InputError) when their
+    lengths differ or an index is outside the image or text rows."""
     ii = np.asarray(pair_image_rows, dtype=np.int64).ravel()
     tt = np.asarray(pair_text_rows, dtype=np.int64).ravel()
     if ii.shape != tt.shape:
@@ -133,7 +135,7 @@ def instance_gap(image, text, pair_image_rows, pair_text_rows,
     """Instance-wise gap: mean over pairs of ||x_k - y_k|| between the
     L2-normalised paired rows (the "L2I" of Schrodi et al. 2025, Sec. 3; the
     per-pair version of Liang et al.'s gap). NaN without pairs."""
-    ii, tt = _pairs(image, text, pair_image_rows, pair_text_rows)
+    ii, tt = checked_pairs(image, text, pair_image_rows, pair_text_rows)
     if ii.size == 0:
         return float("nan")
     cos = _paired_cosines(image, text, ii, tt, chunk)
@@ -199,7 +201,7 @@ def relative_modality_gap(image, text, pair_image_rows, pair_text_rows,
     image = validate.embeddings(image, "image embeddings")
     text = validate.embeddings(text, "text embeddings")
     validate.same_width(image, text, "image embeddings", "text embeddings")
-    ii, tt = _pairs(image, text, pair_image_rows, pair_text_rows)
+    ii, tt = checked_pairs(image, text, pair_image_rows, pair_text_rows)
     if ii.size == 0:
         raise InputError("the relative modality gap needs at least one image-caption pair.")
     matching = float(np.mean((1.0 - _paired_cosines(image, text, ii, tt, chunk)) / 2.0))

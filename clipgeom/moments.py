@@ -7,7 +7,8 @@ update of Chan, Golub & LeVeque, "Updating formulae and a pairwise algorithm
 for computing sample variances", 1979, so merging is as stable as one pass),
 and ``finalize()`` turns the merged partial into statistics. An engine runs
 the map: :class:`LocalEngine` block after block in this process (memory: one
-block), :class:`RayEngine` as Ray tasks (``python -m clipgeom report NAME
+block), :class:`clipgeom.parallel.PoolEngine` (the default "local" engine) on
+one worker process per core, :class:`RayEngine` as Ray tasks (``python -m clipgeom report NAME
 --engine ray``). Both fold the partials in block order, so they give the same
 numbers.
 
@@ -519,9 +520,12 @@ class LocalEngine:
 
 
 def engine_for(engine) -> "LocalEngine":
-    """An engine from a name ("local", "ray"), an engine, or None (local)."""
+    """An engine from a name ("local", "ray"), an engine, or None (local: the
+    blocks on a pool of worker processes, one per core, :mod:`clipgeom.parallel`)."""
     if engine is None or engine == "local":
-        return LocalEngine()
+        from .parallel import PoolEngine
+
+        return PoolEngine()
     if engine == "ray":
         return RayEngine()
     if isinstance(engine, LocalEngine):
@@ -529,31 +533,35 @@ def engine_for(engine) -> "LocalEngine":
     raise InputError(f"engine must be 'local' or 'ray', got {engine!r}.")
 
 
-# Ray ------------------------------------------------------------------------
+# Workers (Ray tasks, local worker processes) ---------------------------------
 
-_OPENED: dict = {}               # in a Ray worker: memory maps opened, by descriptor
+_OPENED: dict = {}               # in a worker: memory maps opened, by descriptor
 
 
-def _source_descriptor(arr):
+def source_descriptor(arr):
     """How a worker gets an array: a file it can memory-map (a whole-file
     memory map, as the store opens its arrays), or the array itself."""
     if isinstance(arr, np.memmap) and getattr(arr, "filename", None) \
             and arr.flags.c_contiguous:
         try:
-            whole = os.path.getsize(arr.filename) == int(arr.offset) + arr.nbytes
+            st = os.stat(arr.filename)
+            whole = st.st_size == int(arr.offset) + arr.nbytes
         except OSError:
             whole = False
         if whole:          # (a slice of a memmap keeps its parent's offset: not whole)
+            # The file's identity is part of the key: workers outlive a pass and
+            # keep maps open, and the store replaces files (same path, new inode).
             return ("mmap", str(arr.filename), int(arr.offset), tuple(arr.shape),
-                    arr.dtype.str)
+                    arr.dtype.str, (st.st_ino, st.st_mtime_ns))
     return ("array", np.ascontiguousarray(arr))
 
 
-def _resolve(desc):
+def resolve(desc):
+    """The array a :func:`source_descriptor` describes (maps opened once per worker)."""
     if desc[0] == "mmap":
         arr = _OPENED.get(desc)
         if arr is None:
-            _, path, offset, shape, dtype = desc
+            _, path, offset, shape, dtype, _identity = desc
             arr = np.memmap(path, dtype=np.dtype(dtype), mode="r", offset=offset, shape=shape)
             if len(_OPENED) > 16:
                 _OPENED.clear()
@@ -566,8 +574,10 @@ def _resolve(desc):
     return val
 
 
-def _ray_task(fn, descs: dict, start: int, stop: int, consts):
-    return fn({k: _resolve(v) for k, v in descs.items()}, start, stop, consts)
+def run_block(fn, descs: dict, start: int, stop: int, consts):
+    """A worker's task (Ray or a local worker process): ``fn`` over rows
+    [start, stop) of the sources ``descs`` describe (:func:`source_descriptor`)."""
+    return fn({k: resolve(v) for k, v in descs.items()}, start, stop, consts)
 
 
 class RayEngine(LocalEngine):
@@ -595,13 +605,13 @@ class RayEngine(LocalEngine):
             self._started = True
         cpus = int(ray.cluster_resources().get("CPU", 1) or 1)
         self.max_in_flight = int(max_in_flight or max(2, 2 * cpus))
-        self._task = ray.remote(num_cpus=1)(_ray_task)
+        self._task = ray.remote(num_cpus=1)(run_block)
 
     def reduce(self, fn: Pass, n: int, sources: dict, consts=None):
         ray = self._ray
         descs = {}
         for k, v in sources.items():
-            d = _source_descriptor(v)
+            d = source_descriptor(v)
             descs[k] = d if d[0] == "mmap" else ("array", ray.put(d[1]))
         consts_ref = ray.put(consts)
         blocks = self.blocks(n)

@@ -31,7 +31,7 @@ import numpy as np
 
 from . import conformity, geometry, loss, measures, moments, threads, validate
 from ._atomic import replacing
-from .errors import DatasetError, InputError
+from .errors import DatasetError
 
 SCHEMA = "clipgeom.report/1"
 DEFAULT_MAX_PAIRS = 5000
@@ -267,13 +267,7 @@ def _gap_section(image, text, f_img, f_txt, pair_image_rows, pair_text_rows, eng
            "rmg_parts": None,
            "frechet": {"total": fr.total, "mean_term": fr.mean_term, "cov_term": fr.cov_term,
                        "space": "raw embeddings, population covariances"}}
-    ii = np.asarray(pair_image_rows, dtype=np.int64).ravel()
-    tt = np.asarray(pair_text_rows, dtype=np.int64).ravel()
-    if ii.shape != tt.shape:
-        raise InputError(f"pair index arrays differ in length ({len(ii)} vs {len(tt)}).")
-    if ii.size and (ii.min() < 0 or ii.max() >= image.shape[0]
-                    or tt.min() < 0 or tt.max() >= text.shape[0]):
-        raise InputError("a pair index is outside the image or text rows.")
+    ii, tt = measures.checked_pairs(image, text, pair_image_rows, pair_text_rows)
     if ii.size:
         gaps = moments.pair_gaps(image, text, ii, tt, engine=eng)
         # RelativeModalityGap of measures.relative_modality_gap, from the moments
