@@ -14,10 +14,12 @@ comparable across datasets, and it keeps the report fast on 100k+ pairs.
 Every statistic over all rows (moments, norms, conformity and its fit,
 isotropy, the whitened likelihood, per-feature and conformity histograms, the
 gap measures) comes from mergeable passes over row blocks
-(:mod:`clipgeom.moments`), run in this process (``engine="local"``) or as Ray
-tasks (``engine="ray"``) with the same numbers. What is not one-pass (SVM and
-logistic regression, hubness, the loss, alpha sweeps and cross-modal
-measures) runs on seeded samples, as ``computation`` in the report says.
+(:mod:`clipgeom.moments`), run on this machine's cores (``engine="local"``,
+:mod:`clipgeom.parallel`) or as Ray tasks (``engine="ray"``) with the same
+numbers. What is not one-pass (SVM and logistic regression, hubness, the
+loss, alpha sweeps and cross-modal measures) runs on seeded samples, as
+``computation`` in the report says; hubness and the pair-sample measures run
+on a side thread while the passes run.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
 import numpy as np
@@ -145,14 +148,24 @@ def build_report(image: np.ndarray, text: np.ndarray, pair_image_rows: np.ndarra
         say("modality statistics (reused)")
         rep = {k: v for k, v in reuse.items() if k in _UNPAIRED_KEYS}
         rep.update(dataset=dataset, temperature=float(temperature))
-        return _clean(_paired_sections(rep, image, text, pair_image_rows, pair_text_rows,
-                                       temperature, alphas, max_pairs, seed, say))
+        paired = _paired_measures(image, text, pair_image_rows, pair_text_rows, temperature,
+                                  alphas, max_pairs, seed, say)
+        return _clean(_paired_sections(rep, paired, seed))
     say("modality statistics")
     # checked once here; the functions below get read-only views and do not rescan
     image = validate.checked(image, "image embeddings", min_rows=3)
     text = validate.checked(text, "text embeddings", min_rows=3)
     validate.same_width(image, text, "image embeddings", "text embeddings")
     eng = moments.engine_for(engine)
+    # The measures on seeded samples (hubness; loss, logits, alpha sweeps and
+    # cross-modal measures on the pair sample) need nothing from the passes
+    # over all rows: they run on a side thread while the passes run (on the
+    # engine's worker processes), so both use the cores at once. The side
+    # thread reports no stages of its own (a caller's progress callback may
+    # only work from this thread).
+    side = ThreadPoolExecutor(1, thread_name_prefix="clipgeom-report-samples")
+    sampled = side.submit(_sampled_measures, image, text, pair_image_rows, pair_text_rows,
+                          temperature, alphas, max_pairs, seed)
     try:
         # float64 GEMM passes: one BLAS thread (clipgeom.threads: on a shared
         # machine two threads spin at every barrier; 3x the CPU for the same work)
@@ -161,17 +174,32 @@ def build_report(image: np.ndarray, text: np.ndarray, pair_image_rows: np.ndarra
                                      dataset=dataset, temperature=temperature, alphas=alphas,
                                      seed=seed, normalized_input=normalized_input, eng=eng,
                                      say=say)
+        say("hubness, loss, alpha sweeps and cross-modal measures on samples")
+        hub, paired = sampled.result()
     finally:
+        side.shutdown(wait=False, cancel_futures=True)
         if eng is not engine:            # made here from a name: stop what it started
             eng.close()
-    return _clean(_paired_sections(rep, image, text, pair_image_rows, pair_text_rows,
-                                   temperature, alphas, max_pairs, seed, say))
+    rep["image"]["hubness"] = hub["image"]
+    rep["text"]["hubness"] = hub["text"]
+    return _clean(_paired_sections(rep, paired, seed))
+
+
+def _sampled_measures(image, text, pair_image_rows, pair_text_rows, temperature, alphas,
+                      max_pairs, seed) -> tuple[dict, dict]:
+    """Hubness (exact kNN on a seeded sample of each modality) and
+    :func:`_paired_measures`: the report's side thread."""
+    quiet = (lambda msg: None)
+    with threads.policy("summary"):
+        hub = measures.modality_hubness(image, text, seed=seed)
+    return hub, _paired_measures(image, text, pair_image_rows, pair_text_rows, temperature,
+                                 alphas, max_pairs, seed, quiet)
 
 
 def _all_rows_sections(image, text, pair_image_rows, pair_text_rows, *, dataset, temperature,
                        alphas, seed, normalized_input, eng, say) -> dict:
     """Every section over all rows (mergeable passes on ``eng``), plus the
-    supervised fits and hubness on their seeded samples: the report without
+    supervised fits on their seeded samples: the report without hubness and
     its paired sections."""
     f_img = moments.first_moments(image, engine=eng, gram=True)
     f_txt = moments.first_moments(text, engine=eng, gram=True)
@@ -218,10 +246,6 @@ def _all_rows_sections(image, text, pair_image_rows, pair_text_rows, *, dataset,
         {"feature": f, "kl": geometry.histogram_pair(
             edges[f], second["image"].features[f].counts,
             second["text"].features[f].counts).kl} for f in kl_features]
-    say("hubness (exact kNN, within and across modalities)")
-    hub = measures.modality_hubness(image, text, seed=seed)
-    rep["image"]["hubness"] = hub["image"]
-    rep["text"]["hubness"] = hub["text"]
     say("modality gap, RMG, Fréchet terms")
     rep["modality_gap"] = _gap_section(image, text, f_img, f_txt, pair_image_rows,
                                        pair_text_rows, eng)
@@ -301,61 +325,67 @@ def _reusable(reuse, image, text, seed, alphas) -> bool:
         return False
 
 
-def _paired_sections(rep, image, text, pair_image_rows, pair_text_rows, temperature,
-                     alphas, max_pairs, seed, say) -> dict:
-    """Loss, EuCLIP logits and alpha sweeps on the seeded pair sample (Eq. 7-9, 14-15)."""
-    norm = rep["normalized_input_by_modality"]
-    rep["seed_unpaired"] = int(seed)
-    comp = dict(rep.get("computation") or {})     # a copy: ``reuse`` stays as it was
-    sampled = dict(comp.get("sampled") or {})
-    comp["sampled"] = sampled
-    rep["computation"] = comp
-    unavailable = {}
+def _paired_measures(image, text, pair_image_rows, pair_text_rows, temperature, alphas,
+                     max_pairs, seed, say) -> dict:
+    """Loss, EuCLIP logits, cross-modal measures and alpha sweeps on the seeded
+    pair sample (Eq. 7-9, 14-15): the report's sections by key, with
+    ``"sampled"`` (how each was sampled) and ``"unavailable"`` (why one is not)."""
     n_pairs = len(pair_image_rows)
+    out: dict = {"n_pairs": n_pairs, "sampled": {}, "unavailable": {}}
     if n_pairs < 2:
         reason = (f"the dataset has {n_pairs} image-caption pair(s); the loss needs "
                   "at least 2 (give captions an image, or import paired arrays)")
-        rep["loss"] = None
-        rep["alpha_sweep"] = None
-        rep["logits"] = None
-        rep["cross_modal"] = None
-        unavailable = {"loss": reason, "alpha_sweep": reason, "logits": reason,
-                       "cross_modal": (f"the dataset has {n_pairs} image-caption pair(s); "
-                                       "CKA and mutual-kNN need at least 3")}
-    else:
-        pick = np.arange(n_pairs)
-        if n_pairs > max_pairs:
-            pick = np.sort(np.random.default_rng(seed).choice(n_pairs, max_pairs, replace=False))
-        vi = np.asarray(image[np.asarray(pair_image_rows)[pick]], dtype=np.float32)
-        vt = np.asarray(text[np.asarray(pair_text_rows)[pick]], dtype=np.float32)
-        say(f"loss on {len(pick)} pairs under four logits")
-        with threads.policy("loss"):
-            geo = loss.logit_comparison(vi, vt, temperature)
-        cos = geo["cosine"]
-        rep["loss"] = {"total": cos.total, "alignment": cos.alignment,
-                       "uniformity": cos.uniformity, "accuracy_i2t": cos.accuracy_i2t,
-                       "accuracy_t2i": cos.accuracy_t2i, "loss_correct": cos.loss_correct,
-                       "loss_misclassified": cos.loss_misclassified,
-                       "n_pairs_used": int(len(pick)), "sampled": bool(len(pick) < n_pairs),
-                       "seed": int(seed)}
-        rep["logits"] = {k: {"total": r.total, "alignment": r.alignment,
-                             "uniformity": r.uniformity, "accuracy_i2t": r.accuracy_i2t,
-                             "accuracy_t2i": r.accuracy_t2i} for k, r in geo.items()}
-        rep["cross_modal"] = _cross_modal(vi, vt, seed, n_pairs, say)
-        if rep["cross_modal"] is None:
-            unavailable["cross_modal"] = (f"the dataset has {n_pairs} pairs; CKA and "
-                                          "mutual-kNN need at least 3")
-        batch = (f"seeded sample (seed {seed}) of {len(pick):,} of {n_pairs:,} pairs"
-                 if len(pick) < n_pairs else f"all {n_pairs:,} pairs as one batch")
-        for key in ("loss", "logits", "alpha_sweep", "cross_modal"):
-            sampled[key] = batch
-        rep["alpha_sweep"] = {}
-        for mod in ("image", "text", "both"):
-            say(f"alpha sweep ({mod})")
-            with threads.policy("alpha_sweep"):
-                rep["alpha_sweep"][mod] = _sweep_dict(
-                    loss.alpha_sweep(vi, vt, alphas, mod, temperature))
-    if n_pairs == 0:
+        out.update(loss=None, alpha_sweep=None, logits=None, cross_modal=None)
+        out["unavailable"] = {"loss": reason, "alpha_sweep": reason, "logits": reason,
+                              "cross_modal": (f"the dataset has {n_pairs} image-caption "
+                                              "pair(s); CKA and mutual-kNN need at least 3")}
+        return out
+    pick = np.arange(n_pairs)
+    if n_pairs > max_pairs:
+        pick = np.sort(np.random.default_rng(seed).choice(n_pairs, max_pairs, replace=False))
+    vi = np.asarray(image[np.asarray(pair_image_rows)[pick]], dtype=np.float32)
+    vt = np.asarray(text[np.asarray(pair_text_rows)[pick]], dtype=np.float32)
+    say(f"loss on {len(pick)} pairs under four logits")
+    with threads.policy("loss"):
+        geo = loss.logit_comparison(vi, vt, temperature)
+    cos = geo["cosine"]
+    out["loss"] = {"total": cos.total, "alignment": cos.alignment,
+                   "uniformity": cos.uniformity, "accuracy_i2t": cos.accuracy_i2t,
+                   "accuracy_t2i": cos.accuracy_t2i, "loss_correct": cos.loss_correct,
+                   "loss_misclassified": cos.loss_misclassified,
+                   "n_pairs_used": int(len(pick)), "sampled": bool(len(pick) < n_pairs),
+                   "seed": int(seed)}
+    out["logits"] = {k: {"total": r.total, "alignment": r.alignment,
+                         "uniformity": r.uniformity, "accuracy_i2t": r.accuracy_i2t,
+                         "accuracy_t2i": r.accuracy_t2i} for k, r in geo.items()}
+    out["cross_modal"] = _cross_modal(vi, vt, seed, n_pairs, say)
+    if out["cross_modal"] is None:
+        out["unavailable"]["cross_modal"] = (f"the dataset has {n_pairs} pairs; CKA and "
+                                             "mutual-kNN need at least 3")
+    batch = (f"seeded sample (seed {seed}) of {len(pick):,} of {n_pairs:,} pairs"
+             if len(pick) < n_pairs else f"all {n_pairs:,} pairs as one batch")
+    for key in ("loss", "logits", "alpha_sweep", "cross_modal"):
+        out["sampled"][key] = batch
+    out["alpha_sweep"] = {}
+    for mod in ("image", "text", "both"):
+        say(f"alpha sweep ({mod})")
+        with threads.policy("alpha_sweep"):
+            out["alpha_sweep"][mod] = _sweep_dict(
+                loss.alpha_sweep(vi, vt, alphas, mod, temperature))
+    return out
+
+
+def _paired_sections(rep, paired: dict, seed) -> dict:
+    """``rep`` with :func:`_paired_measures`' sections and notes added."""
+    norm = rep["normalized_input_by_modality"]
+    rep["seed_unpaired"] = int(seed)
+    comp = dict(rep.get("computation") or {})     # a copy: ``reuse`` stays as it was
+    comp["sampled"] = {**(comp.get("sampled") or {}), **paired["sampled"]}
+    rep["computation"] = comp
+    for key in ("loss", "logits", "cross_modal", "alpha_sweep"):
+        rep[key] = paired[key]
+    unavailable = dict(paired["unavailable"])
+    if paired["n_pairs"] == 0:
         unavailable["instance_gap"] = unavailable["rmg"] = (
             "the dataset has no image-caption pairs; the instance gap and RMG compare pairs")
     if norm.get("image") or norm.get("text"):
