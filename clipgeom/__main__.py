@@ -434,13 +434,17 @@ def _add_job_args(s):
     s.add_argument("--no-index", action="store_true", help="skip building FAISS indexes")
 
 
+def _add_engine_choice(s, engine_help: str, address_help: str):
+    """``--engine local|ray`` and the Ray cluster's ``--address``."""
+    s.add_argument("--engine", choices=("local", "ray"), default="local", help=engine_help)
+    s.add_argument("--address", default=None, help=address_help)
+
+
 def _add_engine_args(s):
-    s.add_argument("--engine", choices=("local", "ray"), default="local",
-                   help="local: this process; ray: Ray Data, on a local Ray or a cluster "
-                        "(needs the 'ray' extra)")
-    s.add_argument("--address", default=None,
-                   help="with --engine ray: the Ray cluster (host:6379 or ray://host:10001; "
-                        "default $RAY_ADDRESS, else a local Ray)")
+    _add_engine_choice(s, "local: this process; ray: Ray Data, on a local Ray or a cluster "
+                          "(needs the 'ray' extra)",
+                       "with --engine ray: the Ray cluster (host:6379 or ray://host:10001; "
+                       "default $RAY_ADDRESS, else a local Ray)")
     s.add_argument("--gpus-per-worker", type=float, default=None,
                    help="with --engine ray: GPUs per model actor (default 1 when the "
                         "cluster has GPUs, else 0)")
@@ -485,12 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pairs used as one batch for the loss (seeded sample above)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    s.add_argument("--engine", choices=("local", "ray"), default="local",
-                   help="where the passes over all rows run: row blocks in this process "
-                        "(default) or Ray tasks (a local Ray, or --address)")
-    s.add_argument("--address", default=None,
-                   help="Ray cluster address for --engine ray (e.g. auto, ray://host:10001); "
-                        "workers must see the dataset's files at the same path")
+    _add_engine_choice(s, "where the passes over all rows run: row blocks in this process "
+                          "(default) or Ray tasks (a local Ray, or --address)",
+                       "Ray cluster address for --engine ray (e.g. auto, ray://host:10001); "
+                       "workers must see the dataset's files at the same path")
     s.add_argument("--recompute", action="store_true",
                    help="recompute even if a stored report exists (and replace it)")
     s.add_argument("--block-rows", type=int, default=None,

@@ -28,9 +28,20 @@ restarting the Streamlit server leaves it running. A job whose process is gone
 while its state still says queued or running (kill -9, a reboot, a stopped
 container) is reported as ``interrupted`` (resumable): :func:`resume` starts
 it again, and the embedding job (:mod:`clipgeom.job`) skips the chunks it had
-finished. :func:`cancel` terminates the process group and marks the job
-cancelled. The dataset name stays guarded by the store's writer lock, which
-the worker holds for the whole job.
+finished. :func:`cancel` sends SIGTERM to the worker (which stops what it
+started, a local Ray included, and cleans up), then SIGKILL to its process
+group and to whatever is left of its session, and marks the job cancelled.
+The dataset name stays guarded by the store's writer lock, which the worker
+holds for the whole job.
+
+The engine of a job's embedding is the server operator's choice, read by the
+worker from its environment (inherited from the server): ``CLIPGEOM_JOB_ENGINE``
+``local`` (default: the worker process embeds) or ``ray`` (the embedding runs
+on Ray Data through :mod:`clipgeom.ray_engine`: on the cluster at
+``CLIPGEOM_RAY_ADDRESS``, else ``RAY_ADDRESS``, else on a local Ray that the
+worker starts and stops). ``state.json`` records the engine of each attempt.
+A job kind's function reads :attr:`JobContext.engine` and picks the engine;
+a Ray job connects through :func:`ray_connection`, which keeps cancel working.
 
 No Streamlit here: ``dashboard/jobs.py`` draws the Jobs panel from
 :func:`list_jobs`; ``python -m clipgeom jobs`` lists, cancels and resumes.
@@ -79,6 +90,8 @@ PROGRESS_EVERY_S = 0.25
 # heartbeat is older than HEARTBEAT_STALE_S.
 HEARTBEAT_S = 5.0
 HEARTBEAT_STALE_S = 60.0
+# The engines a job's embedding may run on (CLIPGEOM_JOB_ENGINE).
+ENGINES = ("local", "ray")
 
 
 class Cancelled(BaseException):
@@ -108,6 +121,7 @@ class JobInfo:
     ended: Optional[float] = None
     result: Optional[str] = None
     error: Optional[str] = None
+    engine: Optional[str] = None           # of the latest attempt, once it runs
     progress: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
 
@@ -144,9 +158,86 @@ class JobInfo:
     def to_json(self) -> dict:
         out = {k: getattr(self, k) for k in ("id", "kind", "title", "dataset", "state",
                                             "created", "attempt", "pid", "started", "ended",
-                                            "result", "error", "progress")}
+                                            "result", "error", "engine", "progress")}
         out.update(folder=str(self.folder), resumable=self.resumable, label=self.label)
         return out
+
+
+# ------------------------------------------------------------------ engines
+def job_engine() -> str:
+    """The engine of app jobs' embedding, as the operator configured the server:
+    ``CLIPGEOM_JOB_ENGINE`` = ``local`` (default) or ``ray``."""
+    value = (os.environ.get("CLIPGEOM_JOB_ENGINE") or "local").strip().lower()
+    if value not in ENGINES:
+        raise InputError(f"CLIPGEOM_JOB_ENGINE={value!r} is not an engine: set it to "
+                         f"{' or '.join(ENGINES)} where the server starts.")
+    return value
+
+
+def ray_address() -> Optional[str]:
+    """The Ray cluster of ray jobs (``CLIPGEOM_RAY_ADDRESS``); None: ``RAY_ADDRESS``
+    if set, else a local Ray started for the job."""
+    return (os.environ.get("CLIPGEOM_RAY_ADDRESS") or "").strip() or None
+
+
+@contextlib.contextmanager
+def ray_connection(address: Optional[str]):
+    """Ray for a job on the ray engine (yields the ``ray`` module): connected
+    here, a local Ray started when there is no address, and shut down when the
+    job ends, cancelled or not, so a local Ray's processes (raylet, GCS, the
+    model actors) end with the job. ``ray.init`` installs SIGTERM handlers of
+    its own (a bare exit); the worker's are put back, so a cancel still stops
+    the job in order. Already connected (tests): used as it is."""
+    from .ray_engine import import_ray
+
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    cluster = address or os.environ.get("RAY_ADDRESS")
+    _check_reachable(cluster)
+    try:
+        for last in (bool(cluster), True):
+            try:
+                ray.init(address=address, log_to_driver=False)
+                break
+            except Exception:
+                if last:
+                    raise
+                ray.shutdown()      # a local Ray waits a fixed time for its raylet: once more
+    except SystemExit:              # ray.init's own handler met a cancel mid-start
+        ray.shutdown()
+        raise Cancelled() from None
+    except Exception as exc:        # ConnectionError, ValueError, RuntimeError ...
+        ray.shutdown()
+        where = f"the Ray cluster at {cluster}" if cluster else "a local Ray"
+        raise DatasetError(f"the job could not start or reach {where}: "
+                           f"{str(exc).splitlines()[0][:300] if str(exc) else exc!r}"
+                           ) from None
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _check_reachable(address: Optional[str], timeout_s: float = 10.0) -> None:
+    """DatasetError unless a ``host:port`` cluster address accepts a TCP
+    connection: ``ray.init`` retries an unreachable GCS without end, which
+    would leave the job running forever. Other forms (``auto``, ``ray://``)
+    are left to Ray."""
+    m = re.fullmatch(r"\[?([^\s/\]]+?)\]?:(\d+)", (address or "").strip())
+    if not m:
+        return
+    try:
+        socket.create_connection((m.group(1), int(m.group(2))), timeout=timeout_s).close()
+    except OSError as exc:
+        raise DatasetError(f"the job could not reach the Ray cluster at {address} "
+                           f"({exc.strerror or exc}); check CLIPGEOM_RAY_ADDRESS (or "
+                           "RAY_ADDRESS) where the server starts.") from None
 
 
 # ------------------------------------------------------------------ files
@@ -223,7 +314,14 @@ def _alive(pid, job_id: str) -> bool:
         stat = (proc / "stat").read_text()
         if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
             return False                       # exited, not yet reaped
-        return job_id.encode() in (proc / "cmdline").read_bytes()
+        for _ in range(40):
+            cmdline = (proc / "cmdline").read_bytes()
+            if cmdline:
+                return job_id.encode() in cmdline
+            # Empty while the worker is mid-exec (Popen has returned, the new
+            # program's arguments are not set up yet: long on a loaded machine).
+            time.sleep(0.025)
+        return False                           # still empty: a kernel thread
     except (OSError, IndexError):
         return False
 
@@ -245,6 +343,7 @@ def _worker_command(job_id: str, attempt: int) -> list[str]:
 
 def _launch_locked(f: Path, job_id: str, h: Path, *, resume: bool) -> None:
     """Queue the next attempt and start its worker (the caller holds the state lock)."""
+    job_engine()                               # a misconfigured server: said now, not later
     st = _read_json(f / "state.json") or {}
     attempt = int(st.get("attempt") or 0) + 1
     queued = {"state": "queued", "attempt": attempt, "resume": bool(resume),
@@ -277,6 +376,7 @@ def create(kind: str, params: dict, *, dataset: Optional[str], title: str,
     :func:`input_dir`, then call :func:`start`). Returns the job id."""
     if kind not in KINDS:
         raise InputError(f"unknown job kind {kind!r} (known: {', '.join(sorted(KINDS))}).")
+    job_engine()                               # a misconfigured server: said before any work
     if dataset is not None:
         store.check_name(dataset)
     root = _root(home)
@@ -325,7 +425,8 @@ def _info(f: Path) -> Optional[JobInfo]:
                    created=float(spec.get("created") or 0), folder=f,
                    attempt=int(st.get("attempt") or 0), pid=st.get("pid"),
                    started=st.get("started"), ended=st.get("ended"), result=st.get("result"),
-                   error=st.get("error"), progress=_read_json(f / "progress.json") or {},
+                   error=st.get("error"), engine=st.get("engine"),
+                   progress=_read_json(f / "progress.json") or {},
                    params=spec.get("params") or {})
     if info.state in ACTIVE:
         if st.get("host", socket.gethostname()) != socket.gethostname():
@@ -409,6 +510,8 @@ def cancel(job_id: str, home=None, *, grace_s: float = 10.0) -> JobInfo:
                              f"(python -m clipgeom jobs cancel {job_id}).")
         if info.state in ACTIVE and info.pid is not None:
             _terminate(info.pid, job_id, grace_s)
+        elif info.resumable and host in (None, socket.gethostname()):
+            _end_session(info.pid)             # a killed worker's helpers, if any
         with _state_lock(f):
             info = job_status(job_id, home)
             if info.state in TERMINAL:
@@ -425,6 +528,9 @@ def cancel(job_id: str, home=None, *, grace_s: float = 10.0) -> JobInfo:
 
 
 def _terminate(pid: int, job_id: str, grace_s: float) -> None:
+    """SIGTERM to the worker alone (it stops what it started in order: a local
+    Ray shut down from the driver, not killed under it), SIGKILL to its group
+    after ``grace_s``; then whatever is left of its session is killed."""
     def signal_group(sig):
         try:
             if os.getpgid(pid) == pid:         # the worker leads its own group
@@ -436,15 +542,64 @@ def _terminate(pid: int, job_id: str, grace_s: float) -> None:
 
     if not _alive(pid, job_id):
         return
-    signal_group(signal.SIGTERM)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and _alive(pid, job_id):
         time.sleep(0.1)
-    if _alive(pid, job_id):
-        signal_group(signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and _alive(pid, job_id):
-            time.sleep(0.05)
+    signal_group(signal.SIGKILL)               # its helpers, if any outlived it
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _alive(pid, job_id):
+        time.sleep(0.05)
+    _end_session(pid)
+
+
+def _session(sid: int) -> list[int]:
+    """The live processes of session ``sid`` (from /proc; [] without one)."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    out = []
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
+                out.append(int(name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def _end_session(pid) -> None:
+    """SIGKILL what is left of the session of a worker that has ended. A worker
+    leads its own session; a job's helpers (Ray's workers and model actors
+    take process groups of their own) stay in it, and would outlive a worker
+    killed under them. Only once the leader is gone (or a zombie): while a
+    session has members the kernel does not reuse its id, so they are the
+    job's; a live leader of that id is someone else's, and left alone."""
+    if not isinstance(pid, int) or pid <= 0:
+        return
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+            return                             # a live leader: not an ended worker
+    except (OSError, IndexError):
+        pass                                   # gone: its session's members are orphans
+    for _ in range(3):                         # members may fork while we look
+        members = [m for m in _session(pid) if m != pid]
+        if not members:
+            return
+        for m in members:
+            try:
+                os.kill(m, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.1)
 
 
 def resume(job_id: str, home=None) -> JobInfo:
@@ -455,6 +610,8 @@ def resume(job_id: str, home=None) -> JobInfo:
         if info.state != INTERRUPTED:
             raise InputError(f"job {job_id} is {info.label}; only an interrupted job can be "
                              "resumed.")
+        if (_read_json(f / "state.json") or {}).get("host") in (None, socket.gethostname()):
+            _end_session(info.pid)             # the killed attempt's helpers, if any
         _launch_locked(f, job_id, jobs_dir(home), resume=True)
     return job_status(job_id, home)
 
@@ -506,6 +663,8 @@ class JobContext:
     dataset: Optional[str]
     resume: bool
     progress: Callable[[str, int, int], None]
+    engine: str = "local"                  # where the embedding runs (job_engine())
+    ray_address: Optional[str] = None      # with engine "ray" (ray_address())
 
     @property
     def input(self) -> Path:
@@ -559,6 +718,11 @@ def run_worker(job_id: str, attempt: int, home=None) -> int:
     h = jobs_dir(home)
     f = folder(job_id, h)
     spec = _read_json(f / "job.json") or {}
+    try:
+        engine, engine_error = job_engine(), None
+    except InputError as exc:              # the job fails below, saying why
+        engine, engine_error = None, exc
+    address = ray_address() if engine == "ray" else None
     with _state_lock(f):
         st = _read_json(f / "state.json") or {}
         if st.get("state") != "queued" or int(st.get("attempt") or 0) != attempt:
@@ -566,15 +730,20 @@ def run_worker(job_id: str, attempt: int, home=None) -> int:
                     f"(attempt {st.get('attempt')}); nothing to do")
             return 0
         st.update(state="running", pid=os.getpid(), host=socket.gethostname(),
-                  started=time.time())
+                  started=time.time(), engine=engine)
         _write_json(f / "state.json", st)
-    _log(f, f"attempt {attempt} running (pid {os.getpid()})")
+    on = (f"Ray at {address}" if address else "Ray ($RAY_ADDRESS, else a local Ray)") \
+        if engine == "ray" else f"the {engine or 'unknown'} engine"
+    _log(f, f"attempt {attempt} running (pid {os.getpid()}), embedding on {on}")
     threading.Thread(target=_beat, args=(f,), name="heartbeat", daemon=True).start()
     dataset = spec.get("dataset")
     ctx = JobContext(id=job_id, folder=f, home=h, params=spec.get("params") or {},
-                     dataset=dataset, resume=bool(st.get("resume")), progress=_ProgressFile(f))
+                     dataset=dataset, resume=bool(st.get("resume")), progress=_ProgressFile(f),
+                     engine=engine or "local", ray_address=address)
     info = _info(f)
     try:
+        if engine_error is not None:
+            raise engine_error
         module, _, name = KINDS[spec.get("kind")].partition(":")
         fn = getattr(importlib.import_module(module), name)
         lock = store.writer_lock(dataset, f"{spec.get('kind')} job {job_id} for {dataset!r}",

@@ -14,7 +14,9 @@ thread (tests, scripts); ``start_embed_images`` / ``start_embed_zip`` make the
 same checks, stage the files in a new background job's folder and start it
 (:mod:`clipgeom.background`): the Upload page uses these, so a page switch, a
 closed tab or a server restart never loses an upload (a killed one is resumed
-from its finished chunks). ``.npy`` imports stay synchronous (a copy and a
+from its finished chunks). A job embeds on the engine the server's operator
+chose (``CLIPGEOM_JOB_ENGINE``: local, or ray through
+:mod:`clipgeom.ray_engine`). ``.npy`` imports stay synchronous (a copy and a
 check, seconds at the upload size cap).
 
 Limits: the size cap is Streamlit's ``server.maxUploadSize`` (MB, in
@@ -225,6 +227,18 @@ def _locked(fn):
     return wrapper
 
 
+@dataclass(frozen=True)
+class _Form:
+    """An upload that passed its checks: how its files are written into a
+    folder (``stage``), what reads them back from there (``params``, for
+    :func:`_read_staged`; a job keeps them in job.json) and its job's title.
+    Both ways of running an upload (now, or as a background job) go through it."""
+
+    params: dict
+    title: str
+    stage: Callable[[Path], object]
+
+
 def _check_images(name, images, captions, overwrite, limits, home) -> None:
     """Everything an images + captions upload can be refused for before any work."""
     _check_new_name(name, overwrite, home)
@@ -240,24 +254,28 @@ def _check_images(name, images, captions, overwrite, limits, home) -> None:
     check_limits(images + ([captions] if captions else []), limits)
 
 
+def _images_form(name, images, captions) -> _Form:
+    """The last checks of an images upload (usable file names, a captions
+    file), and its form."""
+    _safe_names(images)
+    if captions is None:
+        raise InputError(_NO_CAPTIONS)
+    return _Form({"form": "images", "captions": safe_name(captions[0]),
+                  "captions_name": captions[0]},
+                 f"{name}: {len(images):,} images + {captions[0]}",
+                 lambda folder: _stage_images(images, captions, folder))
+
+
 _NO_CAPTIONS = ("no captions file was uploaded: add one (.csv/.tsv/.jsonl with "
                 "'image' and 'caption' columns) so both modalities exist.")
 
 
-def _stage_images(images, captions, folder: Path) -> Optional[Path]:
+def _stage_images(images, captions, folder: Path) -> None:
     """The images into ``folder/images``, the captions file beside them."""
     img_dir = folder / "images"
     img_dir.mkdir()
     _write(images, img_dir)
-    if captions is None:
-        return None
-    return _write([captions], folder)[safe_name(captions[0])]
-
-
-def _ingest_images(folder: Path, cap_path: Path, captions_name: str) -> "ingest.ItemList":
-    items = ingest.from_folder(folder / "images", cap_path)
-    _need_captions(items, f"captions file {captions_name!r}")
-    return items
+    _write([captions], folder)
 
 
 def _check_zip(name, archive, overwrite, limits, home) -> None:
@@ -267,12 +285,33 @@ def _check_zip(name, archive, overwrite, limits, home) -> None:
     check_limits([archive], limits)
 
 
-def _ingest_zip(path: Path, folder: Path, archive_name: str,
-                max_files: int) -> "ingest.ItemList":
-    items = ingest.from_zip(path, folder / "extracted",
-                            limits=ingest.ZipLimits(max_files=max_files))
-    _need_captions(items, f"archive {archive_name!r}")
+def _zip_form(name, archive, limits) -> _Form:
+    return _Form({"form": "zip", "archive": safe_name(archive[0]), "archive_name": archive[0],
+                  "max_files": limits.max_files},
+                 f"{name}: {archive[0]}", lambda folder: _write([archive], folder))
+
+
+def _read_staged(folder: Path, params: dict) -> "ingest.ItemList":
+    """The item list of an upload staged in ``folder`` (by its form's ``stage``)."""
+    if params["form"] == "images":
+        items = ingest.from_folder(folder / "images", folder / params["captions"])
+        _need_captions(items, f"captions file {params['captions_name']!r}")
+    else:
+        items = ingest.from_zip(folder / params["archive"], folder / "extracted",
+                                limits=ingest.ZipLimits(max_files=int(params["max_files"])))
+        _need_captions(items, f"archive {params['archive_name']!r}")
     return items
+
+
+def _embed_now(name: str, form_of: Callable[[], _Form], spec: embed.ModelSpec,
+               overwrite: bool, progress: Progress, home) -> "store.Dataset":
+    """Stage the upload in a private folder, read it and embed it, in this
+    thread. ``form_of()`` makes the form's last checks (usable file names, a
+    captions file) inside the staging folder, where this path always made them."""
+    with staging(home) as tmp:
+        form = form_of()
+        form.stage(tmp)
+        return _run_job(name, _read_staged(tmp, form.params), spec, overwrite, progress, home)
 
 
 @_user_facing
@@ -284,28 +323,43 @@ def embed_images(name: str, images: list[tuple[str, bytes]],
     """Images and a captions file (``image`` and ``caption`` columns) -> a new
     dataset embedded with ``spec``, in this thread."""
     _check_images(name, images, captions, overwrite, limits, home)
-    with staging(home) as tmp:
-        cap_path = _stage_images(images, captions, tmp)
-        if cap_path is None:
-            raise InputError(_NO_CAPTIONS)
-        items = _ingest_images(tmp, cap_path, captions[0])
-        return _run_job(name, items, spec, overwrite, progress, home)
+    return _embed_now(name, lambda: _images_form(name, images, captions), spec, overwrite,
+                      progress, home)
+
+
+def _chunk_folder(engine: str, name: str, h: Path) -> Path:
+    """Where the engine keeps a job's finished chunks (clipgeom.job: ``jobs/NAME``;
+    clipgeom.ray_engine: ``jobs/NAME/ray``)."""
+    return h / "jobs" / name / "ray" if engine == "ray" else h / "jobs" / name
 
 
 def _run_job(name, items, spec, overwrite, progress, home, *, resume: bool = False,
-             rows: Optional[int] = None) -> "store.Dataset":
-    """job.run, never leaving its chunk folder behind when it fails or is
-    cancelled: a synchronous upload cannot be resumed (its staged files are
-    gone), so a failed job is only clutter. A background job killed outright
-    (SIGKILL, a reboot) runs no ``finally``: its chunks stay for the resume.
-    The caller holds the name's writer lock, so the folder is this job's own."""
+             rows: Optional[int] = None, engine: str = "local",
+             ray_address: Optional[str] = None) -> "store.Dataset":
+    """The embedding job on ``engine``: ``local`` (:func:`clipgeom.job.run`, in
+    this process) or ``ray`` (:func:`clipgeom.ray_engine.run`, the same arrays),
+    never leaving its chunk folder behind when it fails or is cancelled: a
+    synchronous upload cannot be resumed (its staged files are gone), so a
+    failed job is only clutter. A background job killed outright (SIGKILL, a
+    reboot) runs no ``finally``: its chunks stay for the resume, which an
+    engine makes only from chunks of its own (a job resumed on the other
+    engine starts its embedding afresh). The caller holds the name's writer
+    lock, so the folder is this job's own."""
+    h = store.home() if home is None else Path(home)
+    resume = resume and (_chunk_folder(engine, name, h) / "job.json").is_file()
     opts = job.JobOptions(overwrite=overwrite, workers=0, resume=resume,
                           chunk_rows=rows or job.JobOptions.chunk_rows)
     try:
+        if engine == "ray":
+            from . import ray_engine
+
+            with background.ray_connection(ray_address):
+                return ray_engine.run(name, items, spec, opts,
+                                      ray_engine.RayOptions(address=ray_address),
+                                      progress=progress, home=h)
         return job.run(name, items, spec, opts, progress=progress, home=home)
     finally:
-        shutil.rmtree((store.home() if home is None else Path(home)) / "jobs" / name,
-                      ignore_errors=True)
+        shutil.rmtree(h / "jobs" / name, ignore_errors=True)
 
 
 @_user_facing
@@ -316,10 +370,8 @@ def embed_zip(name: str, archive: tuple[str, bytes], spec: embed.ModelSpec, *,
     """One zip in the pipeline's layout (images + captions.csv) -> a new
     dataset, in this thread."""
     _check_zip(name, archive, overwrite, limits, home)
-    with staging(home) as tmp:
-        path = _write([archive], tmp)[safe_name(archive[0])]
-        items = _ingest_zip(path, tmp, archive[0], limits.max_files)
-        return _run_job(name, items, spec, overwrite, progress, home)
+    return _embed_now(name, lambda: _zip_form(name, archive, limits), spec, overwrite,
+                      progress, home)
 
 
 # ------------------------------------------------------------------ background jobs
@@ -343,12 +395,15 @@ def _spec_params(spec: embed.ModelSpec) -> dict:
             "pretrained": spec.pretrained, "checkpoint": absolute(spec.checkpoint)}
 
 
-def _start(name: str, title: str, params: dict, stage, home) -> str:
-    """A background job for dataset ``name``: created, its files staged by
-    ``stage(input_folder)``, then started. Returns the job id."""
-    job_id = background.create("upload", params, dataset=name, title=title, home=home)
+def _start(name: str, form: _Form, spec: embed.ModelSpec, overwrite: bool, home) -> str:
+    """A background job for dataset ``name``: created, its files staged by the
+    form in the job's input folder, then started. Returns the job id."""
+    _check_no_job(name, home)
+    params = dict(form.params, spec=_spec_params(spec), overwrite=bool(overwrite),
+                  chunk_rows=chunk_rows())
+    job_id = background.create("upload", params, dataset=name, title=form.title, home=home)
     try:
-        stage(background.input_dir(job_id, home))
+        form.stage(background.input_dir(job_id, home))
     except BaseException:
         background.discard(job_id, home)
         raise
@@ -366,15 +421,7 @@ def start_embed_images(name: str, images: list[tuple[str, bytes]],
     files staged in the job's folder and its process started. Returns the job id
     (:func:`clipgeom.background.job_status` follows it)."""
     _check_images(name, images, captions, overwrite, limits, home)
-    _safe_names(images)
-    if captions is None:
-        raise InputError(_NO_CAPTIONS)
-    _check_no_job(name, home)
-    params = {"form": "images", "captions": safe_name(captions[0]),
-              "captions_name": captions[0], "spec": _spec_params(spec),
-              "overwrite": bool(overwrite), "chunk_rows": chunk_rows()}
-    title = f"{name}: {len(images):,} images + {captions[0]}"
-    return _start(name, title, params, lambda f: _stage_images(images, captions, f), home)
+    return _start(name, _images_form(name, images, captions), spec, overwrite, home)
 
 
 @_user_facing
@@ -384,11 +431,7 @@ def start_embed_zip(name: str, archive: tuple[str, bytes], spec: embed.ModelSpec
                     home=None) -> str:
     """:func:`embed_zip` as a background job (see :func:`start_embed_images`)."""
     _check_zip(name, archive, overwrite, limits, home)
-    _check_no_job(name, home)
-    params = {"form": "zip", "archive": safe_name(archive[0]), "archive_name": archive[0],
-              "max_files": limits.max_files, "spec": _spec_params(spec),
-              "overwrite": bool(overwrite), "chunk_rows": chunk_rows()}
-    return _start(name, f"{name}: {archive[0]}", params, lambda f: _write([archive], f), home)
+    return _start(name, _zip_form(name, archive, limits), spec, overwrite, home)
 
 
 def _save_items(items: "ingest.ItemList", folder: Path) -> None:
@@ -425,7 +468,9 @@ def _load_items(folder: Path) -> Optional["ingest.ItemList"]:
 def run_upload_job(ctx: "background.JobContext") -> str:
     """An upload job's body, in the worker process (which holds the name's
     writer lock): ingest the staged files once (kept in ``items/``), then the
-    resumable embedding job. Errors name the user's files, never the folder."""
+    resumable embedding job on the engine the server configured
+    (``ctx.engine``: local or ray). Errors name the user's files, never the
+    folder."""
     p, name = ctx.params, ctx.dataset
     try:
         _check_new_name(name, p["overwrite"], ctx.home)
@@ -433,12 +478,7 @@ def run_upload_job(ctx: "background.JobContext") -> str:
         items = _load_items(items_dir) if ctx.resume else None
         if items is None:
             ctx.progress("reading the files", 0, 1)
-            if p["form"] == "images":
-                items = _ingest_images(ctx.input, ctx.input / p["captions"],
-                                       p["captions_name"])
-            else:
-                items = _ingest_zip(ctx.input / p["archive"], ctx.input, p["archive_name"],
-                                    int(p["max_files"]))
+            items = _read_staged(ctx.input, p)
             try:
                 _save_items(items, items_dir)
                 items = _load_items(items_dir) or items   # the same rows on every attempt
@@ -447,9 +487,11 @@ def run_upload_job(ctx: "background.JobContext") -> str:
         ctx.log(f"read the files: {len(items.images):,} image file(s) and "
                 f"{len(items.texts):,} caption(s) to embed, {len(items.skipped):,} skipped")
         spec = embed.ModelSpec(**p["spec"])
-        ctx.progress("loading the model", 0, 1)
+        ctx.progress("starting Ray and loading the model" if ctx.engine == "ray"
+                     else "loading the model", 0, 1)
         ds = _run_job(name, items, spec, p["overwrite"], ctx.progress, ctx.home,
-                      resume=ctx.resume, rows=int(p["chunk_rows"]))
+                      resume=ctx.resume, rows=int(p["chunk_rows"]), engine=ctx.engine,
+                      ray_address=ctx.ray_address)
         return ds.name
     except ClipgeomError as exc:
         raise type(exc)(user_message(str(exc), ctx.home)) from None

@@ -3,10 +3,12 @@ page shows them.
 
 Jobs live on disk, not in the session, so the panel lists every job of this
 server's home: after a page switch, a closed tab or a server restart it finds
-them all again (a job whose process died is "interrupted (resumable)"). It
-polls with ``st.fragment(run_every=POLL_S)`` only while a job is queued or
-running, and reruns the whole page when that changes (a job started, ended or
-was resumed), so the page's own result area catches up and polling stops.
+them all again (a job whose process died is "interrupted (resumable)"). Each
+job's line names the engine its embedding ran on (the server's
+``CLIPGEOM_JOB_ENGINE``: local or Ray). It polls with
+``st.fragment(run_every=POLL_S)`` only while a job is queued or running, and
+reruns the whole page when that changes (a job started, ended or was
+resumed), so the page's own result area catches up and polling stops.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ BADGES = {"queued": ":gray[**queued**]", "running": ":blue[**running**]",
           "finished": ":green[**finished**]", "failed": ":red[**failed**]",
           "cancelled": ":gray[**cancelled**]",
           background.INTERRUPTED: ":orange[**interrupted (resumable)**]"}
+# Where a job's embedding ran (the server's CLIPGEOM_JOB_ENGINE, per attempt).
+ENGINES = {"local": "local", "ray": "Ray"}
 
 
 def status(job_id: str) -> Optional[background.JobInfo]:
@@ -118,6 +122,8 @@ def _job(info: background.JobInfo, datasets: set[str]) -> None:
         took = _duration(info.seconds())
         left.caption(f"job {info.id} · started {_when(info.started or info.created)}"
                      + (f" · {took}" if took else "")
+                     + (f" · engine {plain_markdown(ENGINES.get(info.engine, info.engine))}"
+                        if info.engine else "")
                      + (f" · attempt {info.attempt}" if info.attempt > 1 else ""))
         if info.active:
             left.progress(info.fraction, text=plain_markdown(progress_text(info)))

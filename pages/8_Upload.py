@@ -78,7 +78,8 @@ def show_result(res: dict | None) -> None:
             return
         what = plain_markdown(repr(info.dataset))
         if info.active:
-            st.info(f"Embedding {what} in the background (job {info.id}). You can switch "
+            on = " on Ray" if info.engine == "ray" else ""
+            st.info(f"Embedding {what}{on} in the background (job {info.id}). You can switch "
                     "pages, change settings or close this tab: the job goes on, and the "
                     "Jobs panel below follows it.")
         elif info.resumable:

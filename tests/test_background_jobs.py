@@ -24,34 +24,45 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Loaded by every Python process started with the hook folder on PYTHONPATH
 # (the worker; in the browser tests also the server): after each chunk file
-# the embedding job writes, it logs "<pid> <file>" and sleeps, so a test can
-# kill or cancel a job between chunks and see which chunks each process wrote.
+# the embedding job writes (the local engine's ``image_00000.npz``, the Ray
+# engine's unit ``image_00000``), it logs "<pid> <chunk>" and sleeps, so a
+# test can kill or cancel a job between chunks and see which chunks each
+# process wrote.
 HOOK = r'''
 import importlib.util, os, sys, time
 
 _LOG = os.environ.get("CLIPGEOM_TEST_CHUNK_LOG")
 _DELAY = float(os.environ.get("CLIPGEOM_TEST_CHUNK_DELAY") or 0)
+# module: (its chunk writer, the chunk's name from the writer's arguments)
+_WRITERS = {"clipgeom.job": ("_save_npz_atomic", lambda args: args[0].name),
+            "clipgeom.ray_engine": ("_write_unit", lambda args: args[1])}
 
 
 class _SlowChunks:
+    busy = False
+
     def find_spec(self, name, path=None, target=None):
-        if name != "clipgeom.job":
+        if name not in _WRITERS or self.busy:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
+        self.busy = True
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self.busy = False
         load = spec.loader.exec_module
+        writer, chunk = _WRITERS[name]
 
         def exec_module(module):
             load(module)
-            save = module._save_npz_atomic
+            save = getattr(module, writer)
 
-            def logged(path, **arrays):
-                save(path, **arrays)
+            def logged(*args, **kwargs):
+                save(*args, **kwargs)
                 if _LOG:
                     with open(_LOG, "a") as f:
-                        f.write(f"{os.getpid()} {path.name}\n")
+                        f.write(f"{os.getpid()} {chunk(args)}\n")
                 time.sleep(_DELAY)
-            module._save_npz_atomic = logged
+            setattr(module, writer, logged)
         spec.loader.exec_module = exec_module
         return spec
 
@@ -320,3 +331,153 @@ def test_a_job_of_another_host_is_judged_by_its_heartbeat(clipgeom_home):
     old = time.time() - background.HEARTBEAT_STALE_S - 5
     os.utime(f / "heartbeat", (old, old))
     assert background.job_status(job_id).label == "interrupted (resumable)"
+
+
+# ------------------------------------------------------------------ the ray engine
+def _job_processes(pid: int) -> dict[int, str]:
+    """The live processes of a worker's job: its session (the worker leads its
+    own) and every descendant by parent chain (/proc), pid -> command."""
+    procs = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in ("Z", "X"):
+            procs[int(d.name)] = (int(fields[1]), int(fields[3]), cmd)
+    family = {p for p, (_, sid, _) in procs.items() if sid == pid} | {pid}
+    grew = True
+    while grew:                              # descendants that left the session
+        more = {p for p, (ppid, _, _) in procs.items() if ppid in family} - family
+        family |= more
+        grew = bool(more)
+    return {p: procs[p][2] for p in family if p in procs}
+
+
+@pytest.fixture
+def ray_jobs(monkeypatch):
+    """App jobs on the ray engine (by default a local Ray started by each worker)."""
+    pytest.importorskip("ray")
+    monkeypatch.setenv("CLIPGEOM_JOB_ENGINE", "ray")
+    monkeypatch.delenv("CLIPGEOM_RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+
+@pytest.fixture
+def ray_cluster(ray_jobs):
+    """A running Ray (a local one, started here as a worker starts its own)
+    that jobs join as a cluster, by CLIPGEOM_RAY_ADDRESS: one Ray start for a
+    job and its resume."""
+    with background.ray_connection(None) as ray:
+        yield ray.get_runtime_context().gcs_address
+
+
+def test_a_ray_job_killed_mid_run_resumes_to_the_local_jobs_arrays(
+        clipgeom_home, upload_set, spec, tmp_path, monkeypatch, ray_cluster):
+    """CLIPGEOM_JOB_ENGINE=ray with CLIPGEOM_RAY_ADDRESS: the worker embeds on
+    that Ray, writes its progress, is killed with SIGKILL after some units,
+    and its resume recomputes no finished unit; the dataset equals the local
+    engine's job on the same files (1e-5; the local job's equality with a
+    background job is the first test's)."""
+    monkeypatch.setenv("CLIPGEOM_UPLOAD_CHUNK_ROWS", "2")      # 7 image + 7 text units
+    images, caps = upload_set
+    log = install_slow_hook(tmp_path / "hook", monkeypatch, delay=0.5)
+    monkeypatch.setenv("CLIPGEOM_RAY_ADDRESS", ray_cluster)
+    job_id = upload.start_embed_images("viaray", images, caps, spec)
+
+    def ray_units():
+        return [(p, n) for p, n in chunk_log(log) if not n.endswith(".npz")]
+    wait_until(lambda: len(ray_units()) >= 2, timeout=240, what="two Ray units")
+    first = background.job_status(job_id)
+    assert first.state == "running" and first.engine == "ray"
+    assert first.progress["stage"] == "images and captions" and first.progress["total"] == 26
+    assert not any("raylet" in c for c in _job_processes(first.pid).values())  # joined
+    os.killpg(first.pid, signal.SIGKILL)
+    wait_until(lambda: background.job_status(job_id).resumable, timeout=30,
+               what="the interrupted state")
+    done_before = {n for p, n in ray_units() if p == first.pid}
+
+    monkeypatch.setenv("CLIPGEOM_TEST_CHUNK_DELAY", "0")
+    background.resume(job_id)
+    info = background.wait(job_id, timeout=300)
+    assert info.state == "finished", (info.error, background.log_tail(job_id, 80))
+    assert info.engine == "ray" and info.attempt == 2
+    assert json.loads((info.folder / "state.json").read_text())["engine"] == "ray"
+    again = {n for p, n in ray_units() if p == info.pid}
+    every = {f"{m}_{c:05d}" for m in ("image", "text") for c in range(7)}
+    assert len(done_before) >= 2 and again.isdisjoint(done_before)   # nothing recomputed
+    assert again | done_before == every
+    assert f"embedding on Ray at {ray_cluster}" in background.log_tail(job_id, 200)
+    _ended_cleanly(info, clipgeom_home)
+
+    viaray = store.open_dataset("viaray")
+    monkeypatch.setenv("CLIPGEOM_JOB_ENGINE", "local")
+    ref = upload.embed_images("local", images, caps, spec)      # this process: local only
+    _same_dataset(viaray, ref)
+    assert viaray.manifest["embedding"]["engine"] == "ray"
+    assert viaray.manifest["embedding"]["resumed_units"] == len(done_before)
+    assert _job_processes(info.pid) == {}
+
+
+def test_cancelling_a_ray_job_stops_its_ray_and_leaves_no_process(
+        clipgeom_home, upload_set, spec, tmp_path, monkeypatch, ray_jobs):
+    """Cancel while the Ray pipeline runs (model actor and decoding workers
+    alive): the job is cancelled, and nothing of its session or process tree
+    (raylet, GCS, Ray workers in their own process groups) outlives it."""
+    monkeypatch.setenv("CLIPGEOM_UPLOAD_CHUNK_ROWS", "2")
+    images, caps = upload_set
+    job_id = upload.start_embed_images("stopped", images, caps, spec)
+
+    def ray_workers_started():
+        info = background.job_status(job_id)
+        if info.progress.get("stage") != "images and captions":
+            return False
+        return any("default_worker" in c or c.startswith("ray::")
+                   for c in _job_processes(info.pid).values())
+    wait_until(ray_workers_started, timeout=240, what="the Ray pipeline to run")
+    pid = background.job_status(job_id).pid
+    before = _job_processes(pid)
+    assert any("raylet" in c for c in before.values()), before
+    t0 = time.monotonic()
+    info = background.cancel(job_id)
+    print(f"cancel took {time.monotonic() - t0:.2f} s; {len(before)} processes before")
+    assert info.state == "cancelled" and info.engine == "ray"
+    wait_until(lambda: not _job_processes(pid), timeout=10, what="the job's processes to end")
+    alive = [p for p in before if Path(f"/proc/{p}").exists()
+             and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"]
+    assert alive == []
+    _ended_cleanly(info, clipgeom_home)
+    assert store.list_datasets() == []
+    assert "cancelled: cleaned up" in background.log_tail(job_id)
+
+
+def test_a_misconfigured_engine_is_refused_and_a_dead_cluster_fails_the_job(
+        clipgeom_home, upload_set, spec, monkeypatch):
+    """An unknown engine is refused before any job exists; a Ray address where
+    nothing listens fails the job, saying so, instead of a connection retried
+    without end."""
+    monkeypatch.setenv("CLIPGEOM_JOB_ENGINE", "spark")
+    images, caps = upload_set
+    with pytest.raises(InputError, match="CLIPGEOM_JOB_ENGINE='spark' is not an engine"):
+        upload.start_embed_images("x", images, caps, spec)
+    assert background.list_jobs() == []
+    monkeypatch.setenv("CLIPGEOM_JOB_ENGINE", " Ray ")
+    assert background.job_engine() == "ray"
+    monkeypatch.delenv("CLIPGEOM_JOB_ENGINE")
+    assert background.job_engine() == "local"
+
+    pytest.importorskip("ray")
+    import socket
+
+    with socket.socket() as s:                      # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("CLIPGEOM_JOB_ENGINE", "ray")
+    monkeypatch.setenv("CLIPGEOM_RAY_ADDRESS", address)
+    info = background.wait(upload.start_embed_images("x", images, caps, spec), timeout=120)
+    assert info.state == "failed" and info.engine == "ray", background.log_tail(info.id)
+    assert f"could not reach the Ray cluster at {address}" in info.error
+    _ended_cleanly(info, clipgeom_home)

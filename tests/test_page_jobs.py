@@ -128,6 +128,38 @@ def test_resume_and_cancel_buttons(clipgeom_home, tiny_model_config, tmp_path, m
     assert not (background.folder(job2) / "input").exists()
 
 
+def test_a_jobs_line_names_its_engine(clipgeom_home):
+    """A running job on Ray (its pid a live process naming the job, as a
+    worker's does) is shown "on Ray" by the page and "engine Ray" in its
+    line; a finished local one "engine local"."""
+    import json
+    import subprocess
+    import sys
+
+    ran = background.create("upload", {}, dataset="old", title="old: set.zip")
+    job_id = background.create("upload", {}, dataset="x", title="x: set.zip")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", job_id])
+    try:
+        for jid, changes in ((ran, dict(state="finished", result="old", engine="local")),
+                             (job_id, dict(state="running", pid=proc.pid, engine="ray"))):
+            path = background.folder(jid) / "state.json"
+            st = json.loads(path.read_text())
+            st.update(attempt=1, started=st["queued_at"], **changes)
+            path.write_text(json.dumps(st))
+        assert background.job_status(job_id).state == "running"
+        at = AppTest.from_file(str(ROOT / UPLOAD), default_timeout=120)
+        at.session_state["upload_result"] = {"job": job_id}
+        at.run()
+        assert not at.exception
+        assert any("Embedding 'x' on Ray in the background" in i.value for i in at.info)
+        lines = [c.value for c in at.caption if c.value.startswith("job ")]
+        assert any(job_id in c and "· engine Ray" in c for c in lines), lines
+        assert any(ran in c and "· engine local" in c for c in lines), lines
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.mark.parametrize("state", ["failed", "cancelled"])
 def test_the_latest_attempt_shows_the_jobs_outcome(clipgeom_home, state):
     """A session whose latest upload job failed (or was cancelled) shows that
