@@ -231,6 +231,9 @@ def main() -> None:
     p.add_argument("--engine", choices=("local", "ray"), default="local")
     p.add_argument("--tmpdir", default=None, help="where to generate (default: system temp)")
     p.add_argument("--keep", action="store_true", help="keep the generated files")
+    p.add_argument("--reuse", default=None, metavar="DIR",
+                   help="a folder a --keep run left: its imported dataset is reused "
+                        "(no generation, no import; kept)")
     p.add_argument("--skip-1m", action="store_true", help="only the --stream-n run")
     p.add_argument("--import-only", action="store_true",
                    help="generate and import only (no report, no conformity)")
@@ -240,7 +243,11 @@ def main() -> None:
                    help="text rows for --stream-n (default 1,000,000)")
     args = p.parse_args()
     C.header("scale_report", args)
-    root = Path(tempfile.mkdtemp(prefix="clipgeom-scale-", dir=args.tmpdir))
+    if args.reuse:
+        root, args.keep = Path(args.reuse), True
+    else:
+        root = Path(tempfile.mkdtemp(prefix="clipgeom-scale-", dir=args.tmpdir))
+    print(f"data folder: {root}", flush=True)
     env = dict(os.environ, CLIPGEOM_HOME=str(root / "home"),
                PYTHONPATH=str(C.ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     py = sys.executable
@@ -248,29 +255,32 @@ def main() -> None:
     rows = []
     try:
         if not args.skip_1m:
-            gi = generate(root / "img.npy", args.n, args.dim, args.seed, 1.0)
-            gt = generate(root / "txt.npy", args.n, args.dim, args.seed + 1, -1.0)
-            gib = 2 * args.n * args.dim * 4 / 2 ** 30
-            print(f"data: 2 x {args.n:,} x {args.dim} float32 ({gib:.2f} GiB) in "
-                  f"{gi + gt:.1f} s", flush=True)
+            if args.reuse:
+                print("reusing the imported dataset (no generation, no import)", flush=True)
+            else:
+                gi = generate(root / "img.npy", args.n, args.dim, args.seed, 1.0)
+                gt = generate(root / "txt.npy", args.n, args.dim, args.seed + 1, -1.0)
+                gib = 2 * args.n * args.dim * 4 / 2 ** 30
+                print(f"data: 2 x {args.n:,} x {args.dim} float32 ({gib:.2f} GiB) in "
+                      f"{gi + gt:.1f} s", flush=True)
 
-            imp = run_measured([py, "-m", "clipgeom", "import", "big", "--image-emb",
-                                str(root / "img.npy"), "--text-emb", str(root / "txt.npy")],
-                               env, "import")
-            print(f"import: {imp['wall_s']:.1f} s (CPU {imp['cpu_s']:.0f} s), peak RSS {imp['peak_rss_mb']:.0f} MiB "
-                  f"(anonymous {imp['peak_anon_mb']:.0f}, file-backed "
-                  f"{imp['peak_file_mb']:.0f}); load {C.loadavg()}", flush=True)
-            res["import"] = {k: v for k, v in imp.items() if k not in ("stdout", "stages")}
-            rows.append({"what": f"import {args.n:,} x {args.dim} (2 arrays, "
-                                 f"{gib:.1f} GiB)", "goal": "< 1 GB above page cache",
-                         "measured": f"{imp['peak_rss_mb']:.0f} MiB peak RSS, "
-                                     f"{imp['wall_s']:.0f} s",
-                         "ok": imp["peak_rss_mb"] < 1000})
+                imp = run_measured([py, "-m", "clipgeom", "import", "big", "--image-emb",
+                                    str(root / "img.npy"), "--text-emb", str(root / "txt.npy")],
+                                   env, "import")
+                print(f"import: {imp['wall_s']:.1f} s (CPU {imp['cpu_s']:.0f} s), peak RSS {imp['peak_rss_mb']:.0f} MiB "
+                      f"(anonymous {imp['peak_anon_mb']:.0f}, file-backed "
+                      f"{imp['peak_file_mb']:.0f}); load {C.loadavg()}", flush=True)
+                res["import"] = {k: v for k, v in imp.items() if k not in ("stdout", "stages")}
+                rows.append({"what": f"import {args.n:,} x {args.dim} (2 arrays, "
+                                     f"{gib:.1f} GiB)", "goal": "< 1 GB above page cache",
+                             "measured": f"{imp['peak_rss_mb']:.0f} MiB peak RSS, "
+                                         f"{imp['wall_s']:.0f} s",
+                             "ok": imp["peak_rss_mb"] < 1000})
 
-            if args.import_only:
-                res["rows"] = rows
-                C.emit(res)
-                return
+                if args.import_only:
+                    res["rows"] = rows
+                    C.emit(res)
+                    return
             rep = run_measured([py, "-c", REPORT, "big", args.engine], env, "report")
             print(f"report ({args.engine}): {rep['wall_s']:.1f} s (CPU {rep['cpu_s']:.0f} s), peak RSS "
                   f"{rep['peak_rss_mb']:.0f} MiB = anonymous {rep['peak_anon_mb']:.0f} + "
