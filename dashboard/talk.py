@@ -15,13 +15,19 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from clipgeom import conformity, geometry, projection, store, timeline
+from clipgeom import conformity, projection, store, timeline, validate
+from clipgeom._chunks import rmatvec
 
 from . import data
 from .figures import MODALITY_COLOURS
 
 # At most this many points per modality in a slide's scatter (seeded sample).
 SLIDE_POINTS = 3000
+# At most this many rows per modality (seeded sample; all rows below it) for
+# what the slides draw from a distribution: the joint SVD's two axes and the
+# centred-norm histograms. At 1,000,000 pairs the all-row SVD and summaries took
+# minutes; a slide draws 3,000 points.
+STAT_ROWS = 20_000
 
 
 @dataclass
@@ -41,19 +47,38 @@ class Slide:
 
 # ---------------------------------------------------------------- cached arrays
 @st.cache_data(show_spinner=False, max_entries=8)
-def _arrays(fingerprint: str, _loaded: data.Loaded) -> dict:
-    """Per-item arrays the slides draw: centred norms, exact and estimated
-    conformity (Def. 1-2), joint uncentred SVD (the cone), on seeded samples."""
-    out = {}
-    proj = projection.joint_svd_projection(_loaded.image, _loaded.text, 2, normalize=True)
-    for mod, x, seed in (("image", _loaded.image, 0), ("text", _loaded.text, 1)):
-        s = geometry.summarize(x, mod)
-        fit = conformity.fit_conformity(x)
-        rows = projection.sample_rows(x.shape[0], SLIDE_POINTS, seed)
-        coords = proj.image_coords if mod == "image" else proj.text_coords
-        out[mod] = {"centered_norms": s.centered_norms, "rows": rows,
-                    "exact": fit.exact[rows], "estimated": fit.estimated[rows],
-                    "xy": coords[rows], "exact_all": fit.exact}
+def _arrays(fingerprint: str, _loaded: data.Loaded, fits: tuple) -> dict:
+    """Per-item arrays the slides draw, per modality: ``rows``, a seeded sample
+    of at most SLIDE_POINTS rows drawn from ``stat_rows`` (at most STAT_ROWS).
+
+    Exact conformity (Def. 1) against every row (``conformity.exact_conformity``),
+    the modality mean m (one float32 pass) and, for the sampled rows only,
+    cos(m, v) and the estimate a·cos(m, v) + b (Eq. 11) with the all-row fit
+    ``fits`` = ((a, b) image, (a, b) text) of the dataset's report. Centred
+    norms ‖v − m‖ (Eq. 1-4) of ``stat_rows``; the joint uncentred SVD of unit
+    rows (the cone) fitted on ``stat_rows`` of both modalities. Three float32
+    passes over each array (float64 moments took 5 s per million rows)."""
+    out, unit = {}, {}
+    for mod, x, seed, (a, b) in (("image", _loaded.image, 0, fits[0]),
+                                 ("text", _loaded.text, 1, fits[1])):
+        x = validate.embeddings(x, f"{mod} embeddings")
+        exact = conformity.exact_conformity(x)
+        mean = rmatvec(x, np.ones(x.shape[0])) / x.shape[0]
+        stat_rows = projection.sample_rows(x.shape[0], STAT_ROWS, seed)
+        pos = projection.sample_rows(stat_rows.shape[0], SLIDE_POINTS, seed)
+        block = np.asarray(x[stat_rows], dtype=np.float64)
+        norms = np.linalg.norm(block, axis=1)
+        unit[mod] = block / norms[:, None]
+        cos = unit[mod][pos] @ mean / np.linalg.norm(mean)
+        out[mod] = {"centered_norms": np.linalg.norm(block - mean, axis=1),
+                    "rows": stat_rows[pos], "pos": pos, "exact": exact[stat_rows[pos]],
+                    "estimated": a * cos + b,
+                    "n_rows": int(x.shape[0]), "n_stat": int(stat_rows.shape[0])}
+    # uncentred SVD of the unit rows: the same fit as joint_svd_projection(...,
+    # normalize=True) on these rows, whose coordinates are u @ components.T
+    comps = projection.joint_svd_projection(unit["image"], unit["text"], 2).components
+    for mod in ("image", "text"):
+        out[mod]["xy"] = unit[mod][out[mod].pop("pos")] @ comps.T
     return out
 
 
@@ -72,12 +97,20 @@ def _init_cone(fingerprint: str, name: str) -> dict | None:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _frequency(fingerprint: str, name: str) -> dict | None:
-    """Concept frequency of each image where the dataset records it (the demo does)."""
-    images = store.open_dataset(name).images
+def _frequency(fingerprint: str, _loaded: data.Loaded) -> dict | None:
+    """Concept frequency of each image where the dataset records it (the demo
+    does), with every image's exact conformity (Def. 1) for the correlation."""
+    images = store.open_dataset(_loaded.name).images
     if "concept_frequency" not in images.columns:
         return None
-    return {"frequency": images["concept_frequency"].to_numpy(dtype=np.float64)}
+    return {"frequency": images["concept_frequency"].to_numpy(dtype=np.float64),
+            "conformity": conformity.exact_conformity(_loaded.image)}
+
+
+def _sampled(arr: dict) -> str:
+    """What the caption says when the slide's distribution is a sample."""
+    n, k = arr["image"]["n_rows"], arr["image"]["n_stat"]
+    return "" if k >= n else f" · a seeded sample of {k:,} of {n:,} rows per modality"
 
 
 # ---------------------------------------------------------------- figures
@@ -125,7 +158,10 @@ def _fmt(x, spec=".3f") -> str:
 def build_slides(loaded: data.Loaded, rep: dict) -> list[Slide]:
     """The slides for one dataset and its report (``clipgeom.report/1``)."""
     fp = loaded.fingerprint
-    arr = _arrays(fp, loaded)
+    # the report's all-row fit of exact conformity on cos(m, v) (Eq. 11)
+    fits = tuple((data.report_number(rep[m]["conformity"]["a"]),
+                  data.report_number(rep[m]["conformity"]["b"])) for m in ("image", "text"))
+    arr = _arrays(fp, loaded, fits)
     stored = loaded.name != data.SYNTHETIC
     img, txt, sep = rep["image"], rep["text"], rep["separability"]
     slides: list[Slide] = []
@@ -150,7 +186,7 @@ def build_slides(loaded: data.Loaded, rep: dict) -> list[Slide]:
         "separate regions of the sphere, the modality gap.",
         "cosine between the image and text means", _fmt(rep["modality_gap"]["mean_cosine"]),
         lambda: _scatter_pair(xy, x_title="component 1", y_title="component 2", rows=rows),
-        cite="Tyshchuk et al. Fig. 8; Double-Ellipsoid Sec. 4"))
+        cite="Tyshchuk et al. Fig. 8; Double-Ellipsoid Sec. 4" + _sampled(arr)))
 
     # 2. thin shells
     slides.append(Slide(
@@ -162,7 +198,7 @@ def build_slides(loaded: data.Loaded, rep: dict) -> list[Slide]:
         f"({_fmt(img['rms_rel_error'], '.1%')} · {_fmt(txt['rms_rel_error'], '.1%')})",
         lambda: _histograms({m: arr[m]["centered_norms"] for m in ("image", "text")},
                             "‖v − m‖ (centred norm)"),
-        cite="Double-Ellipsoid Eq. 1-4, Fig. 4"))
+        cite="Double-Ellipsoid Eq. 1-4, Fig. 4" + _sampled(arr)))
 
     # 3. separable features
     per = np.sort(np.asarray(sep["per_feature"]))[::-1]
@@ -231,10 +267,10 @@ def build_slides(loaded: data.Loaded, rep: dict) -> list[Slide]:
         cite="Double-Ellipsoid Def. 1-2, Eq. 10-11, Fig. 9"))
 
     # 7. frequency vs conformity
-    freq = _frequency(fp, loaded.name) if stored else None
+    freq = _frequency(fp, loaded) if stored else None
     if freq is not None:
         f = freq["frequency"]
-        c = arr["image"]["exact_all"]
+        c = freq["conformity"]
         rho = conformity.frequency_correlation(c, f)
 
         def freq_fig():

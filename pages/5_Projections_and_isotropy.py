@@ -177,6 +177,11 @@ st.subheader(("Centred" if centred else "Uncentred") + " joint SVD projection (F
 with ui.section("Joint SVD projection"):
     few_note(n_img + n_txt, "image and text rows")
     jp = proj.joint(fp, loaded, bool(centred), bool(normalize))
+    if jp["n_fit"] < jp["n_rows"]:
+        st.caption(f"The SVD is fitted on a seeded sample of {jp['n_fit']:,} of the "
+                   f"{jp['n_rows']:,} rows (the same fraction of each modality); every row "
+                   "is projected on its components, and the spectrum is the sample's, "
+                   "scaled by √(rows / sampled rows).")
     idx_i = projection.sample_rows(n_img, figures.MAX_SCATTER_POINTS, 0)
     idx_t = projection.sample_rows(n_txt, figures.MAX_SCATTER_POINTS, 1)
     sample_note(n_img, idx_i, "images")
