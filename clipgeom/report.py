@@ -32,7 +32,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import conformity, geometry, loss, measures, moments, threads, validate
+from . import conformity, geometry, loss, measures, moments, stored_summaries, threads, validate
 from ._atomic import replacing
 from .errors import DatasetError
 
@@ -128,7 +128,7 @@ def build_report(image: np.ndarray, text: np.ndarray, pair_image_rows: np.ndarra
                  loss.CLIP_TEMPERATURE, alphas=None, max_pairs: int = DEFAULT_MAX_PAIRS,
                  seed: int = 0, normalized_input: Optional[dict] = None,
                  progress: Progress = None, reuse: Optional[dict] = None,
-                 engine=None) -> dict:
+                 engine=None, summaries_out: Optional[dict] = None) -> dict:
     """Compute the report for raw image/text embeddings and their pairing.
 
     ``pair_image_rows[k]``, ``pair_text_rows[k]`` index pair k (one caption
@@ -141,6 +141,11 @@ def build_report(image: np.ndarray, text: np.ndarray, pair_image_rows: np.ndarra
     ``engine``: where the passes over all rows run: "local" (default: row
     blocks in this process), "ray" (a local Ray) or a
     :class:`clipgeom.moments.RayEngine` (e.g. connected to a cluster).
+
+    ``summaries_out``: a dict that receives each modality's
+    :class:`clipgeom.geometry.ModalitySummary` ("image", "text") from the
+    passes (what ``geometry.summarize`` would compute again); left empty when
+    ``reuse`` spares the passes.
     """
     say = progress or (lambda msg: None)
     alphas = loss.default_alphas() if alphas is None else np.asarray(alphas, float)
@@ -173,7 +178,7 @@ def build_report(image: np.ndarray, text: np.ndarray, pair_image_rows: np.ndarra
             rep = _all_rows_sections(image, text, pair_image_rows, pair_text_rows,
                                      dataset=dataset, temperature=temperature, alphas=alphas,
                                      seed=seed, normalized_input=normalized_input, eng=eng,
-                                     say=say)
+                                     say=say, summaries_out=summaries_out)
         say("hubness, loss, alpha sweeps and cross-modal measures on samples")
         hub, paired = sampled.result()
     finally:
@@ -197,7 +202,7 @@ def _sampled_measures(image, text, pair_image_rows, pair_text_rows, temperature,
 
 
 def _all_rows_sections(image, text, pair_image_rows, pair_text_rows, *, dataset, temperature,
-                       alphas, seed, normalized_input, eng, say) -> dict:
+                       alphas, seed, normalized_input, eng, say, summaries_out=None) -> dict:
     """Every section over all rows (mergeable passes on ``eng``), plus the
     supervised fits on their seeded samples: the report without hubness and
     its paired sections."""
@@ -239,9 +244,15 @@ def _all_rows_sections(image, text, pair_image_rows, pair_text_rows, *, dataset,
         say(f"{mod} shell, ellipsoid, conformity, isotropy")
         consts = conformity.conformity_constants(
             first, whitening=_whitening(first)[0], iso_vecs=moments.isotropy_vectors(first),
-            alphas=shifts, feature_edges=edges, keep=("conformity", "log_likelihood"))
+            alphas=shifts, feature_edges=edges,
+            keep=("conformity", "log_likelihood")
+            + (("norm", "centred_norm") if summaries_out is not None else ()))
         second[mod] = moments.second_moments(x, consts, engine=eng)
         rep[mod] = _modality_section(first, second[mod], int(x.shape[1]))
+        if summaries_out is not None:
+            summaries_out[mod] = geometry.ModalitySummary(
+                mean=first.mean, std=first.std, cov=first.cov,
+                norms=second[mod].kept["norm"], centered_norms=second[mod].kept["centred_norm"])
     rep["separability"]["kl_top"] = [
         {"feature": f, "kl": geometry.histogram_pair(
             edges[f], second["image"].features[f].counts,
@@ -457,7 +468,8 @@ def stored_report(ds, *, temperature: float = loss.CLIP_TEMPERATURE,
     ``report`` and the dashboard both go through here, so whichever computes
     a report first computes it for both. ``engine`` is not part of the key
     (both engines give the same numbers); ``recompute`` ignores a stored one
-    and replaces it."""
+    and replaces it. A computed report also keeps each modality's summary
+    (:mod:`clipgeom.stored_summaries`)."""
     params = {"temperature": float(temperature), "max_pairs": int(max_pairs),
               "seed": int(seed)}
     name = _cache_name(ds, params)
@@ -473,12 +485,16 @@ def stored_report(ds, *, temperature: float = loss.CLIP_TEMPERATURE,
                 continue                  # valid JSON but not a report: recompute
             rep["dataset"] = ds.name      # equal arrays under another name share it
             return rep
-    rep = report_for_dataset(ds, progress=progress, reuse=reuse, engine=engine, **params)
+    summaries: dict = {}
+    rep = report_for_dataset(ds, progress=progress, reuse=reuse, engine=engine,
+                             summaries_out=summaries, **params)
     try:
         with replacing(ds.cache_dir / name) as tmp:
             tmp.write_text(json.dumps(rep), encoding="utf-8")
     except (OSError, DatasetError):
         pass        # a read-only or full home: the report is still shown, just not kept
+    if summaries:
+        stored_summaries.save(ds, summaries["image"], summaries["text"])
     return rep
 
 
