@@ -142,6 +142,18 @@ def _stored_report_path(ds, temperature: float, max_pairs: int):
     return None
 
 
+def stored_version(loaded: Loaded):
+    """The stored dataset (``store.Dataset``) whose version ``loaded`` shows,
+    else None (the in-memory generator, a dataset gone or replaced since)."""
+    if loaded.name == SYNTHETIC:
+        return None
+    try:
+        ds = store.open_dataset(loaded.name)
+    except Exception:                        # the page reports it where it opens the data
+        return None
+    return ds if ds.fingerprint == loaded.fingerprint else None
+
+
 def peek_report(loaded: Loaded) -> dict | None:
     """A report of this dataset version that already exists, else None (never
     computes): any report of this fingerprint in this process, else the stored
@@ -154,13 +166,8 @@ def peek_report(loaded: Loaded) -> dict | None:
     for key, rep in list(memo.items()):
         if key[0] == loaded.fingerprint:
             return rep
-    if loaded.name == SYNTHETIC:
-        return None
-    try:
-        ds = store.open_dataset(loaded.name)
-    except Exception:                        # the page reports it where it opens the data
-        return None
-    if ds.fingerprint != loaded.fingerprint:
+    ds = stored_version(loaded)
+    if ds is None:
         return None
     for t in dict.fromkeys([loaded.default_temperature, report.default_temperature(ds), 0.01]):
         if _stored_report_path(ds, t, report.DEFAULT_MAX_PAIRS) is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from clipgeom import geometry, index, interpolate, search, store, upload
+from clipgeom import geometry, index, interpolate, search, store, stored_summaries, upload
 from clipgeom._chunks import column_mean, row_chunks
 
 from . import data, lossconf
@@ -48,6 +48,13 @@ def item_query(fingerprint: str, name: str, modality: str, row: int, target: str
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def modality_mean(fingerprint: str, _loaded: Loaded, modality: str) -> np.ndarray:
+    """The modality's mean vector: the one kept with the dataset's summaries
+    (``clipgeom.stored_summaries``, from the report's passes), else one float64
+    pass over the rows."""
+    ds = data.stored_version(_loaded)
+    kept = stored_summaries.load(ds) if ds is not None else None
+    if kept is not None:
+        return kept[0 if modality == "image" else 1].mean
     return column_mean(_loaded.image if modality == "image" else _loaded.text)
 
 

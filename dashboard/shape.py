@@ -27,20 +27,14 @@ def summaries(fingerprint: str, _loaded: data.Loaded):
     report (``clipgeom.stored_summaries``: the report's passes computed them),
     else ``geometry.summarize`` (under the "summary" thread policy), kept
     there for the next process."""
-    ds = None
-    if _loaded.name != data.SYNTHETIC:
-        try:
-            ds = store.open_dataset(_loaded.name)
-        except Exception:                  # the page says so where it opens the data
-            ds = None
-        if ds is not None and ds.fingerprint == fingerprint:
-            kept = stored_summaries.load(ds)
-            if kept is not None:
-                return kept
+    ds = data.stored_version(_loaded)
+    kept = stored_summaries.load(ds) if ds is not None else None
+    if kept is not None:
+        return kept
     with threads.policy("summary"):
         out = (geometry.summarize(_loaded.image, "image embeddings"),
                geometry.summarize(_loaded.text, "text embeddings"))
-    if ds is not None and ds.fingerprint == fingerprint:
+    if ds is not None:
         stored_summaries.save(ds, *out)
     return out
 

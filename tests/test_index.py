@@ -530,3 +530,29 @@ def test_build_index_lets_go_of_what_it_built(small):
     assert ix._cache_get(ds, "image") is None             # written, not held
     ix.search(ds, "image", img[:2], k=3)
     assert ix._cache_get(ds, "image") is not None          # loaded when searched
+
+
+def test_an_unchanged_index_file_is_not_rehashed_and_a_changed_one_is(clipgeom_home, monkeypatch):
+    """The sha256 of an index file is skipped while its size and mtime are the
+    recorded ones (a 2 GB index took ~2 s to hash per load), and checked when
+    the mtime moved: a same-size corruption with a new mtime is caught."""
+    img = np.random.default_rng(9).standard_normal((300, 16)).astype(np.float32)
+    store.create_dataset("rehash", img, img[::-1].copy())
+    ds = store.open_dataset("rehash")
+    ix.build_index(ds, "image", kind="flat")
+    ix.clear_cache()
+    hashed = []
+    real = ix._sha256
+    monkeypatch.setattr(ix, "_sha256", lambda p: hashed.append(p) or real(p))
+    index, info = ix.load_index(ds, "image")
+    assert info.file_mtime_ns > 0 and hashed == []
+    path = ds.index_dir / "image.faiss"
+    raw = bytearray(path.read_bytes())
+    raw[-8:] = b"\x00" * 8                       # same size, other content, new mtime
+    path.write_bytes(bytes(raw))
+    ix.clear_cache()
+    _, again = ix.load_index(ds, "image")        # refused on its hash, rebuilt
+    assert hashed and hashed[0] == path
+    assert again.file_sha256 == real(path)[0]     # the rebuilt file, recorded anew
+    res = ix.search(ds, "image", img[:3], k=1)
+    np.testing.assert_array_equal(res.rows[:, 0], [0, 1, 2])

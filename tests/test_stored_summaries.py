@@ -147,3 +147,16 @@ def test_a_page_that_summarises_keeps_them_for_the_next_process(clipgeom_home):
     assert kept is not None
     _assert_equal(kept[0], geometry.summarize(img))
     assert data.peek_report(loaded) is None                    # and no report was made
+
+
+def test_the_search_page_mean_is_the_kept_one(clipgeom_home, monkeypatch):
+    from clipgeom._chunks import column_mean
+    from dashboard import searchinterp
+
+    loaded, img, txt = _dataset("meanpage")
+    ref = {"image": column_mean(img), "text": column_mean(txt)}     # the old path
+    report.stored_report(store.open_dataset(loaded.name), max_pairs=200)
+    monkeypatch.setattr(searchinterp, "column_mean", _fail)
+    for m in ("image", "text"):
+        got = searchinterp.modality_mean(loaded.fingerprint, loaded, m)
+        np.testing.assert_allclose(got, ref[m], rtol=1e-12, atol=1e-14)
