@@ -144,8 +144,9 @@ def build_report(image: np.ndarray, text: np.ndarray, pair_image_rows: np.ndarra
 
     ``summaries_out``: a dict that receives each modality's
     :class:`clipgeom.geometry.ModalitySummary` ("image", "text") from the
-    passes (what ``geometry.summarize`` would compute again); left empty when
-    ``reuse`` spares the passes.
+    passes (what ``geometry.summarize`` would compute again) and, under
+    "rows", each modality's per-row exact conformity and cos(m, v); left
+    empty when ``reuse`` spares the passes.
     """
     say = progress or (lambda msg: None)
     alphas = loss.default_alphas() if alphas is None else np.asarray(alphas, float)
@@ -246,13 +247,15 @@ def _all_rows_sections(image, text, pair_image_rows, pair_text_rows, *, dataset,
             first, whitening=_whitening(first)[0], iso_vecs=moments.isotropy_vectors(first),
             alphas=shifts, feature_edges=edges,
             keep=("conformity", "log_likelihood")
-            + (("norm", "centred_norm") if summaries_out is not None else ()))
+            + (("norm", "centred_norm", "cos_mean") if summaries_out is not None else ()))
         second[mod] = moments.second_moments(x, consts, engine=eng)
         rep[mod] = _modality_section(first, second[mod], int(x.shape[1]))
         if summaries_out is not None:
             summaries_out[mod] = geometry.ModalitySummary(
                 mean=first.mean, std=first.std, cov=first.cov,
                 norms=second[mod].kept["norm"], centered_norms=second[mod].kept["centred_norm"])
+            summaries_out.setdefault("rows", {})[mod] = {
+                k: second[mod].kept[k] for k in stored_summaries.ROW_VALUES}
     rep["separability"]["kl_top"] = [
         {"feature": f, "kl": geometry.histogram_pair(
             edges[f], second["image"].features[f].counts,
@@ -494,7 +497,7 @@ def stored_report(ds, *, temperature: float = loss.CLIP_TEMPERATURE,
     except (OSError, DatasetError):
         pass        # a read-only or full home: the report is still shown, just not kept
     if summaries:
-        stored_summaries.save(ds, summaries["image"], summaries["text"])
+        stored_summaries.save(ds, summaries["image"], summaries["text"], summaries.get("rows"))
     return rep
 
 

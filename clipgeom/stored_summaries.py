@@ -29,6 +29,9 @@ from .geometry import ModalitySummary
 
 FIELDS = ("mean", "std", "cov", "norms", "centered_norms")
 MODALITIES = ("image", "text")
+#: Per-row values of the report's pass 2 kept as well: exact conformity
+#: (Def. 1, float64) and cos(m, v) (Def. 2), which the Conformity page draws.
+ROW_VALUES = ("conformity", "cos_mean")
 
 
 def path(ds) -> Path:
@@ -40,11 +43,16 @@ def path(ds) -> Path:
     return ds.cache_dir / f"summaries-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
 
 
-def save(ds, image: ModalitySummary, text: ModalitySummary) -> bool:
-    """Keep both summaries (atomic replace). False when the home cannot be
+def save(ds, image: ModalitySummary, text: ModalitySummary,
+         rows: Optional[dict] = None) -> bool:
+    """Keep both summaries (atomic replace), and ``rows`` ({modality: {name in
+    ROW_VALUES: per-row array}}) when given. False when the home cannot be
     written (read-only, full): the caller still has them, just not kept."""
     arrays = {f"{m}.{f}": np.asarray(getattr(s, f), dtype=np.float64)
               for m, s in zip(MODALITIES, (image, text)) for f in FIELDS}
+    for m, values in (rows or {}).items():
+        for name in ROW_VALUES:
+            arrays[f"{m}.row.{name}"] = np.asarray(values[name], dtype=np.float64)
     try:
         with replacing(path(ds)) as tmp:
             with open(tmp, "wb") as fh:
@@ -54,17 +62,38 @@ def save(ds, image: ModalitySummary, text: ModalitySummary) -> bool:
     return True
 
 
-def load(ds) -> Optional[tuple[ModalitySummary, ModalitySummary]]:
-    """(image, text) summaries of this dataset version, or None when none is
-    kept, or the file is damaged or does not fit the dataset's arrays."""
+def _arrays(ds) -> Optional[dict]:
     try:
         p = path(ds)
         if not p.is_file():
             return None
         with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+            return {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, DatasetError):
         return None                   # (a damaged file: recomputed and replaced)
+
+
+def load_rows(ds) -> Optional[dict]:
+    """{modality: {name: per-row float64 array}} of :data:`ROW_VALUES`, or None
+    when they are not kept (a page kept the summaries) or do not fit."""
+    arrays = _arrays(ds)
+    if arrays is None:
+        return None
+    out = {}
+    for m, x in zip(MODALITIES, (ds.image_emb, ds.text_emb)):
+        values = {name: arrays.get(f"{m}.row.{name}") for name in ROW_VALUES}
+        if any(v is None or v.shape != (x.shape[0],) for v in values.values()):
+            return None
+        out[m] = values
+    return out
+
+
+def load(ds) -> Optional[tuple[ModalitySummary, ModalitySummary]]:
+    """(image, text) summaries of this dataset version, or None when none is
+    kept, or the file is damaged or does not fit the dataset's arrays."""
+    arrays = _arrays(ds)
+    if arrays is None:
+        return None
     out = []
     for m, x in zip(MODALITIES, (ds.image_emb, ds.text_emb)):
         try:

@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clipgeom import conformity, embed, geometry, loss, report, search, store, threads, upload
+from clipgeom import (conformity, embed, geometry, loss, report, search, store, stored_summaries,
+                      threads, upload)
 from clipgeom._chunks import column_mean, matvec, row_norms
 
 from . import data
@@ -316,10 +317,13 @@ def fits(fingerprint: str, _loaded: Loaded) -> dict:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _fits(fingerprint: str, _loaded: Loaded, scalars: tuple | None) -> dict:
-    """:func:`fits`: per-row exact conformity (Def. 1, ``exact_conformity``'s
-    two float32 passes) and cos(m, v) with m the raw mean (two more), the
-    estimate a·cos(m, v) + b with the report's all-row ``scalars``; at
-    1,000,000 pairs the float64 moments of ``fit_conformity`` took 14 s."""
+    """:func:`fits`: per-row exact conformity (Def. 1) and cos(m, v) with m the
+    raw mean, kept beside the stored report (``clipgeom.stored_summaries``),
+    else ``exact_conformity``'s two float32 passes and two more; the estimate
+    a·cos(m, v) + b with the report's all-row ``scalars``; at 1,000,000 pairs
+    the float64 moments of ``fit_conformity`` took 14 s."""
+    ds = data.stored_version(_loaded) if scalars is not None else None
+    kept = stored_summaries.load_rows(ds) if ds is not None else None
     with threads.policy("exact_conformity"):
         if scalars is None:
             return {"image": conformity.fit_conformity(_loaded.image),
@@ -328,9 +332,12 @@ def _fits(fingerprint: str, _loaded: Loaded, scalars: tuple | None) -> dict:
         for (mod, x), values in zip((("image", _loaded.image), ("text", _loaded.text)),
                                     scalars):
             f = dict(zip(FIT_KEYS, values))
-            exact = conformity.exact_conformity(x)
-            mean = column_mean(x)
-            cos = matvec(x, mean) / row_norms(x) / np.linalg.norm(mean)
+            if kept is not None:          # the report's own per-row values (float64)
+                exact, cos = kept[mod]["conformity"], kept[mod]["cos_mean"]
+            else:
+                exact = conformity.exact_conformity(x)
+                mean = column_mean(x)
+                cos = matvec(x, mean) / row_norms(x) / np.linalg.norm(mean)
             out[mod] = conformity.ConformityFit(
                 exact=exact, cos_mean=cos, estimated=f["a"] * cos + f["b"], a=f["a"],
                 b=f["b"], pearson=f["pearson"], a_paper=f["a_paper"], b_paper=f["b_paper"],

@@ -160,3 +160,32 @@ def test_the_search_page_mean_is_the_kept_one(clipgeom_home, monkeypatch):
     for m in ("image", "text"):
         got = searchinterp.modality_mean(loaded.fingerprint, loaded, m)
         np.testing.assert_allclose(got, ref[m], rtol=1e-12, atol=1e-14)
+
+
+def test_the_conformity_page_reads_the_reports_per_row_values(clipgeom_home, monkeypatch):
+    from brute import conformity as brute_conformity
+    from clipgeom import conformity
+    from dashboard import lossconf
+
+    loaded, img, txt = _dataset("confpage")
+    ds = store.open_dataset(loaded.name)
+    report.stored_report(ds, temperature=loaded.default_temperature,
+                         max_pairs=report.DEFAULT_MAX_PAIRS)
+    rows = stored_summaries.load_rows(store.open_dataset(loaded.name))
+    assert rows is not None
+    monkeypatch.setattr(conformity, "exact_conformity", _fail)
+    monkeypatch.setattr(conformity, "fit_conformity", _fail)
+    fits = lossconf.fits(loaded.fingerprint, loaded)
+    for m, x in (("image", img), ("text", txt)):
+        v = np.asarray(x, np.float64)
+        np.testing.assert_allclose(fits[m].exact, brute_conformity(v), rtol=1e-9, atol=1e-12)
+        mean = v.mean(0)
+        cos = v @ mean / np.linalg.norm(v, axis=1) / np.linalg.norm(mean)
+        np.testing.assert_allclose(fits[m].cos_mean, cos, rtol=1e-10)
+        np.testing.assert_allclose(fits[m].estimated, fits[m].a * cos + fits[m].b, rtol=1e-9)
+    # a damaged per-row entry (one row short) is not used
+    s = stored_summaries.load(ds)
+    short = {m: {k: v[:-1] for k, v in rows[m].items()} for m in rows}
+    assert stored_summaries.save(ds, *s, rows=short)
+    assert stored_summaries.load_rows(ds) is None
+    assert stored_summaries.load(ds) is not None
