@@ -41,7 +41,7 @@ memory is the index plus a block. The exact index is allocated once at its
 final size; the IVF index trains on a seeded sample, assigns every block to
 its lists (pass 1), allocates each list at its final size and writes the
 blocks into them (pass 2). When an IVF index's vectors (n x d float32)
-exceed :func:`memory_budget` (an eighth of physical memory, or
+exceed :func:`memory_budget` (a sixteenth of physical memory, or
 ``$CLIPGEOM_INDEX_MEMORY_MB``) its lists are written straight to a file
 (faiss's ``OnDiskInvertedLists`` layout) and searched through a read-only
 memory map: the process holds the quantizer, the page cache holds the lists.
@@ -107,7 +107,7 @@ KINDS = ("flat", "ivf")
 #: Where an IVF index keeps its lists: "memory", or "disk" (``<modality>.ivfdata``).
 STORAGES = ("memory", "disk")
 #: Bytes of vectors an in-memory IVF index may hold (None: :func:`memory_budget`'s
-#: default, an eighth of physical memory; ``$CLIPGEOM_INDEX_MEMORY_MB`` wins).
+#: default, a sixteenth of physical memory; ``$CLIPGEOM_INDEX_MEMORY_MB`` wins).
 MEMORY_BUDGET: int | None = None
 MODALITIES = ("image", "text")
 #: Recall@10 the approximate index must reach against exact search ...
@@ -698,9 +698,12 @@ def memory_budget() -> int:
     it the index keeps its lists on disk (memory-mapped, read-only).
 
     ``$CLIPGEOM_INDEX_MEMORY_MB`` when set, else :data:`MEMORY_BUDGET`, else
-    an eighth of the machine's physical memory (3 GiB on 24 GiB: 1,000,000 x
-    512 float32 = 2 GB per modality stays in memory; a dashboard holding both
-    modalities' indexes then uses at most a quarter of the machine).
+    a sixteenth of the machine's physical memory per index, so that a
+    dashboard holding both modalities' indexes uses at most an eighth (1.5 GiB
+    on 24 GiB: 1,000,000 x 512 float32 = 2 GB per modality goes on disk; at
+    that size the Search page's first render was as fast on disk, 21.9 vs
+    26.1 s, and its process held 1.3 instead of 5.2 GB of anonymous memory;
+    docs/benchmarks.md).
     """
     env = os.environ.get("CLIPGEOM_INDEX_MEMORY_MB", "").strip()
     if env:
@@ -716,7 +719,7 @@ def memory_budget() -> int:
         phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # pragma: no cover - non-POSIX
         phys = 8 * 2 ** 30
-    return int(max(256 * 2 ** 20, phys // 8))
+    return int(max(256 * 2 ** 20, phys // 16))
 
 
 def storage_for(kind: str, n: int, dim: int) -> str:
