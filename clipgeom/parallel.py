@@ -30,6 +30,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
+import time
 from typing import Optional
 
 from concurrent.futures.process import BrokenProcessPool
@@ -70,6 +72,19 @@ def _worker_init() -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1)
+    _exit_with_parent(os.getppid())
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker when the process that started it is gone (killed with
+    SIGKILL, it cannot stop its workers, which would otherwise stay idle,
+    holding memory and the arrays' maps)."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="clipgeom-parent-watch", daemon=True).start()
 
 
 class PoolEngine(moments.LocalEngine):

@@ -146,3 +146,30 @@ def test_workers_from_the_environment(monkeypatch):
         parallel.default_workers()
     monkeypatch.delenv("CLIPGEOM_WORKERS")
     assert parallel.default_workers() == len(os.sched_getaffinity(0))
+
+
+def test_workers_end_with_a_killed_caller(clipgeom_home):
+    """A report killed with SIGKILL cannot stop its workers; they notice and end."""
+    import subprocess
+    import sys
+
+    d = synthetic.two_shells(3000, 32, seed=6)
+    store.create_dataset("orphans", d.image, d.text)
+    code = ("import time\nfrom clipgeom import moments, parallel, store\n"
+            "ds = store.open_dataset('orphans')\n"
+            "moments.first_moments(ds.image_emb, engine=parallel.PoolEngine(250, workers=2))\n"
+            "print('ready', flush=True)\ntime.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ))
+    assert proc.stdout.readline().strip() == "ready"
+    workers = _workers(proc.pid)
+    assert len(workers) == 2
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 30
+    alive = set(workers)
+    while alive and time.time() < deadline:
+        time.sleep(0.2)
+        alive = {w for w in alive if os.path.exists(f"/proc/{w}")
+                 and open(f"/proc/{w}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"}
+    assert not alive, f"workers {alive} outlived their killed caller"
