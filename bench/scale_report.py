@@ -99,6 +99,16 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
+def _proc_cpu(pid: int):
+    """User + system CPU seconds of a live process (None when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _children_cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
@@ -106,7 +116,8 @@ def _children_cpu() -> float:
 
 def run_measured(cmd: list[str], env: dict, label: str) -> dict:
     """Run ``cmd``; sample its memory every 0.2 s; time-stamp its stderr lines;
-    its CPU time (user + system, all threads) from the children's rusage."""
+    its CPU time (user + system, all threads): the larger of the children's
+    rusage and the sum over its process tree sampled from /proc."""
     cpu0 = _children_cpu()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -114,12 +125,22 @@ def run_measured(cmd: list[str], env: dict, label: str) -> dict:
     peaks = {"VmHWM": 0.0, "RssAnon": 0.0, "RssFile": 0.0}
     stages: list[tuple[float, str]] = []
 
+    tree_cpu: dict[int, float] = {}
+
     def sample():
         # anonymous memory summed over the process and its worker processes
-        # (their mapped array pages are shared page cache, counted in RssFile)
+        # (their mapped array pages are shared page cache, counted in RssFile);
+        # CPU: each process's last seen user + system time (worker processes
+        # that outlive the report are never reaped by it, so the children's
+        # rusage misses them)
         while proc.poll() is None:
             st = _status(proc.pid)
-            tree = [_status(p) for p in _tree(proc.pid)]
+            pids = _tree(proc.pid)
+            for p in pids:
+                c = _proc_cpu(p)
+                if c is not None:
+                    tree_cpu[p] = max(tree_cpu.get(p, 0.0), c)
+            tree = [_status(p) for p in pids]
             st["RssAnon"] = sum(t.get("RssAnon", 0.0) for t in tree)
             for k in peaks:
                 peaks[k] = max(peaks[k], st.get(k, 0.0))
@@ -141,7 +162,8 @@ def run_measured(cmd: list[str], env: dict, label: str) -> dict:
     if proc.returncode != 0:
         print("\n".join(s for _, s in stages[-20:]))
         raise SystemExit(f"{label} failed with exit code {proc.returncode}")
-    return {"wall_s": round(wall, 1), "cpu_s": round(_children_cpu() - cpu0, 1),
+    cpu = max(_children_cpu() - cpu0, sum(tree_cpu.values()))
+    return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
             "peak_rss_mb": round(peaks["VmHWM"], 0),
             "peak_anon_mb": round(peaks["RssAnon"], 0),
             "peak_file_mb": round(peaks["RssFile"], 0), "stdout": out, "stages": stages}

@@ -394,30 +394,31 @@ def knn_both_ways(a: np.ndarray, b: np.ndarray, k: int) -> tuple[np.ndarray, np.
     """:func:`knn_indices` of ``a`` -> ``b`` and of ``b`` -> ``a`` from one
     pass of chunked products: each block of ``a`` rows gives the row-wise
     top k, and its column-wise top k is merged into a running top k of every
-    ``b`` row (exact; half the products of two calls). Float64, as
-    :func:`knn_indices`."""
+    ``b`` row (exact; half the products of two calls). Float64, and ties at
+    the k-th value go to the lowest index both ways, as in
+    :func:`knn_indices`: with duplicate captions, a partition's arbitrary
+    choice made the cross-modal hubness differ between CPUs (numpy's
+    AVX-512 partition orders ties otherwise than its AVX2 one)."""
     ua, ub = unit_rows(a, dtype=np.float64), unit_rows(b, dtype=np.float64)
     na, nb = ua.shape[0], ub.shape[0]
     if not (1 <= k <= nb and k <= na):
         raise InputError(f"k = {k} nearest neighbours needs 1 <= k <= {min(na, nb)}.")
     block = max(k, min(na, _KNN_BLOCK // max(nb, 1)))
     a2b = np.empty((na, k), dtype=np.int64)
-    best_val = np.full((k, nb), -np.inf, dtype=np.float64)
-    best_idx = np.zeros((k, nb), dtype=np.int64)
-    cols = np.arange(nb)[None, :]
+    # Running top k of every b row over the a rows seen so far, [nb, k], kept
+    # in increasing a-row order, so that candidates stay in index order below.
+    best_val = np.empty((nb, 0))
+    best_idx = np.empty((nb, 0), dtype=np.int64)
     for sl in row_chunks(na, block):
         s = ua[sl] @ ub.T
-        a2b[sl] = (np.argpartition(s, nb - k, axis=1)[:, nb - k:] if k < nb
-                   else np.arange(nb)[None, :])
-        m = s.shape[0]
-        top = np.argpartition(s, m - k, axis=0)[m - k:] if k < m else \
-            np.broadcast_to(np.arange(m)[:, None], (m, nb))
-        vals = np.concatenate([best_val, s[top, cols]], axis=0)
-        idx = np.concatenate([best_idx, top + sl.start], axis=0)
-        keep = np.argpartition(vals, vals.shape[0] - k, axis=0)[vals.shape[0] - k:]
-        best_val = vals[keep, cols]
-        best_idx = idx[keep, cols]
-    return a2b, np.ascontiguousarray(best_idx.T)
+        a2b[sl] = _top_k_lowest_index_ties(s, k)
+        vals = np.concatenate([best_val, s.T], axis=1)
+        idx = np.concatenate([best_idx, np.broadcast_to(
+            np.arange(sl.start, sl.stop), (nb, sl.stop - sl.start))], axis=1)
+        pick = _top_k_lowest_index_ties(vals, min(k, vals.shape[1]))
+        best_val = np.take_along_axis(vals, pick, axis=1)
+        best_idx = np.take_along_axis(idx, pick, axis=1)
+    return a2b, np.ascontiguousarray(best_idx)
 
 
 def k_occurrence(knn: np.ndarray, n_targets: int) -> np.ndarray:

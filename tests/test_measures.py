@@ -257,6 +257,24 @@ def test_knn_both_ways_one_pass_equals_two_brute_force_searches(rng, monkeypatch
     assert [set(r.tolist()) for r in b2a] == ref_knn_sets(b, a, 8)
 
 
+@pytest.mark.parametrize("block", [10 ** 7, 9 * 60])
+def test_knn_both_ways_gives_ties_to_the_lowest_index(rng, monkeypatch, block):
+    """Duplicate captions tie exactly: both directions take the lowest rows,
+    as a stable sort of the full matrix does (an arbitrary partition choice
+    made the demo's cross-modal hubness differ between CPUs)."""
+    monkeypatch.setattr(measures, "_KNN_BLOCK", block)
+    a = rng.standard_normal((80, 6)) + 0.3
+    b = rng.standard_normal((12, 6))[rng.integers(0, 12, 60)]     # 60 rows, many repeated
+    a2b, b2a = measures.knn_both_ways(a, b, 7)
+    ua = a / np.linalg.norm(a, axis=1, keepdims=True)
+    ub = b / np.linalg.norm(b, axis=1, keepdims=True)
+    s = ua @ ub.T
+    assert [sorted(r.tolist()) for r in a2b] == \
+        [sorted(r.tolist()) for r in np.argsort(-s, axis=1, kind="stable")[:, :7]]
+    assert [sorted(r.tolist()) for r in b2a] == \
+        [sorted(r.tolist()) for r in np.argsort(-s.T, axis=1, kind="stable")[:, :7]]
+
+
 def test_modality_hubness_within_and_across(rng):
     img = rng.standard_normal((70, 6)) + 0.5
     txt = rng.standard_normal((55, 6))

@@ -60,11 +60,12 @@ def test_isotropy_is_the_reports_numbers(clipgeom_home, monkeypatch):
     monkeypatch.setattr(projection, "isotropy", _fail)
     monkeypatch.setattr(report, "build_report", _fail)
     got = proj.isotropy(loaded)
-    # the report computes I1, I2 in one streaming pass (clipgeom.moments): the
-    # same sums in another order
+    # the report computes I1, I2 in one streaming pass (clipgeom.moments) with
+    # float32 products of unit rows and eigenvectors (|<u, e>| <= 1): float64's
+    # numbers to ~1e-8
     for m in ("image", "text"):
         for k in ("I1", "I2"):
-            assert got[m][k] == pytest.approx(old[m][k], rel=1e-12)
+            assert got[m][k] == pytest.approx(old[m][k], rel=1e-7)
 
 
 def test_separability_is_the_reports_first_stage(clipgeom_home, monkeypatch):
