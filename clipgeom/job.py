@@ -126,6 +126,18 @@ def _chunk_ok(path: Path, keys: tuple[str, ...]) -> bool:
         return False
 
 
+def check_resumable(jobdir: Path, key: str) -> None:
+    """Refuse to resume a job folder started with other inputs (its job.json
+    records the key of its items, model and options; any engine)."""
+    try:
+        meta = json.loads((jobdir / "job.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    if not isinstance(meta, dict) or meta.get("key") != key:
+        raise InputError(f"the unfinished job in {jobdir} was started with other items, model "
+                         "or chunk size; run without --resume to start afresh.")
+
+
 def _run_locked(name, items, spec, opts, progress, h: Path) -> "store.Dataset":
     if not opts.overwrite and name in {d["name"] for d in store.list_datasets(h)}:
         raise InputError(f"dataset {name!r} already exists; pass --overwrite or choose "
@@ -136,13 +148,7 @@ def _run_locked(name, items, spec, opts, progress, h: Path) -> "store.Dataset":
     key = _job_key(items, spec, opts)
     meta_path = job / "job.json"
     if job.exists() and opts.resume:
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            meta = {}
-        if not isinstance(meta, dict) or meta.get("key") != key:
-            raise InputError(f"the unfinished job in {job} was started with other items, model "
-                             "or chunk size; run without --resume to start afresh.")
+        check_resumable(job, key)
     else:
         if job.exists():
             shutil.rmtree(job)

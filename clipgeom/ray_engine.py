@@ -347,14 +347,7 @@ class _Job:
     def _open_jobdir(self) -> None:
         key, meta_path = self._key(), self.jobdir / "job.json"
         if self.jobdir.exists() and self.opts.resume:
-            try:
-                meta = json.loads(meta_path.read_text())
-            except (OSError, ValueError):
-                meta = {}
-            if not isinstance(meta, dict) or meta.get("key") != key:
-                raise InputError(f"the unfinished job in {self.jobdir} was started with other "
-                                 "items, model or chunk size; run without --resume to start "
-                                 "afresh.")
+            job.check_resumable(self.jobdir, key)
             return
         if self.jobdir.exists():
             shutil.rmtree(self.jobdir)

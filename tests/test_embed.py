@@ -244,3 +244,20 @@ def test_checkpoint_load_logs_no_random_init_notice(tiny_model_config, checkpoin
     # The filter is removed afterwards: other warnings still get through.
     logging.getLogger().warning("No pretrained weights loaded: later, unrelated")
     assert "later, unrelated" in caplog.text
+
+
+def test_check_resumable_needs_the_same_key(tmp_path):
+    """The one resume check both engines (local, Ray) use: a job folder
+    resumes only under the key it recorded; a missing or damaged job.json
+    is not resumable either."""
+    jobdir = tmp_path / "jobs" / "x"
+    jobdir.mkdir(parents=True)
+    with pytest.raises(InputError, match="without --resume"):
+        job.check_resumable(jobdir, "k1")                  # no job.json
+    (jobdir / "job.json").write_text("{not json")
+    with pytest.raises(InputError, match="without --resume"):
+        job.check_resumable(jobdir, "k1")
+    (jobdir / "job.json").write_text('{"key": "k1", "engine": "ray"}')
+    job.check_resumable(jobdir, "k1")
+    with pytest.raises(InputError, match="other items, model or chunk size"):
+        job.check_resumable(jobdir, "k2")
