@@ -385,8 +385,13 @@ def _top_k_lowest_index_ties(s: np.ndarray, k: int) -> np.ndarray:
     kth = np.partition(s, n - k, axis=1)[:, n - k][:, None]
     above = s > kth
     tied = s == kth
-    need = k - above.sum(axis=1, keepdims=True)
-    chosen = above | (tied & (np.cumsum(tied, axis=1) <= need))
+    need = k - above.sum(axis=1)
+    chosen = above | tied
+    # only rows with more ties at the k-th value than places need the count
+    over = np.nonzero(tied.sum(axis=1) > need)[0]
+    if over.size:
+        t = tied[over]
+        chosen[over] = above[over] | (t & (np.cumsum(t, axis=1) <= need[over, None]))
     return np.nonzero(chosen)[1].reshape(s.shape[0], k)
 
 
