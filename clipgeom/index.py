@@ -1138,20 +1138,27 @@ def stored_info(ds, modality: str) -> IndexInfo | None:
     return None
 
 
-def search(ds, modality: str, queries, k: int = 10) -> SearchResult:
+def search(ds, modality: str, queries, k: int = 10, *,
+           batch: bool | None = None) -> SearchResult:
     """Top-k cosine neighbours of raw query vectors among ``modality``'s rows.
 
     ``queries``: float [q, d] or [d], raw (normalised here). Raises
     InputError for a wrong width, NaN/Inf values or an all-zero query.
     Rows are padded with -1 (score -inf) when k exceeds the row count.
+    ``batch`` (IVF only): search list by list (:func:`ivf_batch_search`,
+    the same results); None: from :data:`IVF_BATCH_MIN` queries. Queries
+    that probe the same lists (points along a path) gain from it below that:
+    14 neighbouring points at 1,000,000 rows, 0.22 s instead of 0.5 s.
     """
     _check_modality(modality)
     k = _check_k(k)
     q = _prepare_queries(queries, ds.dim)
     index, info = load_index(ds, modality)
     kk = min(k, info.n)
+    if batch is None:
+        batch = len(q) >= IVF_BATCH_MIN
     with threads.policy("faiss_search"):      # one thread: see clipgeom.threads
-        if info.kind == "ivf" and len(q) >= IVF_BATCH_MIN:
+        if info.kind == "ivf" and batch:
             scores, rows = ivf_batch_search(index, q, kk)
         else:
             scores, rows = index.search(q, kk)

@@ -166,7 +166,8 @@ def index_nearest(ds, modality: str):
             raise InputError("a query vector is zero or not finite; its cosine is undefined.")
         excl = set(int(r) for r in exclude)
         k = int(min(max(1, k), info.n))
-        res = index.search(ds, modality, q, k + len(excl))
+        # the points of a path probe mostly the same IVF lists: list by list
+        res = index.search(ds, modality, q, k + len(excl), batch=len(q) > 1)
         rows = np.full((q.shape[0], k), -1, dtype=np.int64)
         cos = np.full((q.shape[0], k), -np.inf)
         for i, (rr, ss) in enumerate(zip(res.rows, res.scores)):
@@ -215,19 +216,27 @@ def compare_paths(a, b, mean, thetas, alpha: float, targets: dict, *,
     mn = np.linalg.norm(m)
     exclude = exclude or {}
     out = {"thetas": thetas}
-    for name, pts in (("slerp", slerp(a, b, thetas)),
-                      ("vslerp", vslerp(a, b, thetas, alpha, m))):
+    paths = {"slerp": slerp(a, b, thetas), "vslerp": vslerp(a, b, thetas, alpha, m)}
+    for name, pts in paths.items():
         norms = np.linalg.norm(pts, axis=1)
-        res = {"points": pts, "norm": norms,
-               "dist_to_mean": np.linalg.norm(pts - m, axis=1),
-               "cos_to_mean": (pts @ m) / (norms * mn) if mn > 0 else np.full(len(pts), np.nan)}
-        for tname, x in targets.items():
-            if callable(x):
-                rows, cos = x(pts, 1, exclude.get(tname, ()))
-            else:
-                rows, cos = nearest_cosine(pts, x, 1, exclude=exclude.get(tname, ()))
-            res[f"nearest_{tname}"] = rows[:, 0]
-            res[f"nearest_{tname}_cos"] = cos[:, 0]
-            res[f"nearest_{tname}_repeat"] = repeats(rows[:, 0])
-        out[name] = res
+        out[name] = {"points": pts, "norm": norms,
+                     "dist_to_mean": np.linalg.norm(pts - m, axis=1),
+                     "cos_to_mean": ((pts @ m) / (norms * mn) if mn > 0
+                                     else np.full(len(pts), np.nan))}
+    # Both paths' points in ONE search per target (one index search, or one
+    # scan of every row, instead of one per path): each point's nearest row
+    # does not depend on the other points searched with it.
+    stacked = np.vstack(list(paths.values()))
+    for tname, x in targets.items():
+        if callable(x):
+            rows, cos = x(stacked, 1, exclude.get(tname, ()))
+        else:
+            rows, cos = nearest_cosine(stacked, x, 1, exclude=exclude.get(tname, ()))
+        start = 0
+        for name, pts in paths.items():
+            r, c = rows[start:start + len(pts), 0], cos[start:start + len(pts), 0]
+            start += len(pts)
+            out[name][f"nearest_{tname}"] = r
+            out[name][f"nearest_{tname}_cos"] = c
+            out[name][f"nearest_{tname}_repeat"] = repeats(r)
     return out

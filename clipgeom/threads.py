@@ -50,6 +50,8 @@ POLICY: dict[str, int | None] = {
     "exact_conformity": 1,  # two mat-vec passes, 200k x 512: 1.5 vs 1.6 s; 1.8 vs 2.2 s
     "summary": 1,           # geometry.summarize (float64 GEMM), 100k x 512: 9.1 vs 20 s; 14 vs 26 s
     "faiss_search": 1,      # ivf_batch_search, 500 queries: 1.4 vs 53 s; 1.6 vs 69 s
+    "projection_lab": 1,    # Projections' joint SVD, transform lab (5 fits, 5,000 pairs),
+                            # intra-modal recovery: 3.7 vs 43 s, machine busy (issue 12)
 }
 KERNELS = tuple(POLICY)
 

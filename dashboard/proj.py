@@ -22,6 +22,14 @@ from . import data
 
 # Paired analyses (transform lab) use a seeded sample of at most this many pairs.
 MAX_LAB_PAIRS = 5000
+# The page's kernels (the joint SVD, the transform lab's fits and CLIP losses,
+# the intra-modal recovery) are many short BLAS / torch operations: they run
+# under ``clipgeom.threads``' "projection_lab" policy (one thread). With the
+# libraries' two threads on this 2-core machine while another process was
+# busy, the five transform-lab fits on 5,000 pairs took 43 s; on one thread
+# 3.7 s, with bit-identical numbers (issue 12; tests/test_page_speed.py checks
+# the numbers against clipgeom.transforms called directly).
+LAB_KERNEL = "projection_lab"
 METHOD_LABELS = {"none": "none (CLIP as is)", "center": "center", "whiten": "whiten (k)",
                  "procrustes": "Procrustes", "lstsq": "lstsq"}
 
@@ -66,17 +74,19 @@ def joint(fingerprint: str, _loaded: data.Loaded, center: bool, normalize: bool)
                               allow_zero=not normalize)
     ri, rt = joint_fit_rows(x_i.shape[0], x_t.shape[0])
     n_rows, n_fit = x_i.shape[0] + x_t.shape[0], ri.shape[0] + rt.shape[0]
-    if n_fit == n_rows:
-        p = projection.joint_svd_projection(x_i, x_t, 2, center=center, normalize=normalize)
-        return {"image": p.image_coords, "text": p.text_coords,
-                "singular_values": p.singular_values, "ratio": p.explained_variance_ratio,
-                "n_fit": n_fit, "n_rows": n_rows}
-    p = projection.joint_svd_projection(np.asarray(x_i[ri]), np.asarray(x_t[rt]), 2,
-                                        center=center, normalize=normalize)
-    return {"image": _project(x_i, p.mean, p.components, normalize),
-            "text": _project(x_t, p.mean, p.components, normalize),
-            "singular_values": p.singular_values * np.sqrt(n_rows / n_fit),
-            "ratio": p.explained_variance_ratio, "n_fit": n_fit, "n_rows": n_rows}
+    with threads.policy(LAB_KERNEL):
+        if n_fit == n_rows:
+            p = projection.joint_svd_projection(x_i, x_t, 2, center=center,
+                                                normalize=normalize)
+            return {"image": p.image_coords, "text": p.text_coords,
+                    "singular_values": p.singular_values,
+                    "ratio": p.explained_variance_ratio, "n_fit": n_fit, "n_rows": n_rows}
+        p = projection.joint_svd_projection(np.asarray(x_i[ri]), np.asarray(x_t[rt]), 2,
+                                            center=center, normalize=normalize)
+        return {"image": _project(x_i, p.mean, p.components, normalize),
+                "text": _project(x_t, p.mean, p.components, normalize),
+                "singular_values": p.singular_values * np.sqrt(n_rows / n_fit),
+                "ratio": p.explained_variance_ratio, "n_fit": n_fit, "n_rows": n_rows}
 
 
 def _project(x: np.ndarray, mean: np.ndarray, comps: np.ndarray, normalize: bool
@@ -225,15 +235,23 @@ def colour_values(fingerprint: str, _loaded: data.Loaded, option: str) -> dict:
             "image": _spread(codes, img_rows, -1), "text": _spread(codes, txt_rows, -1)}
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
+@st.cache_resource(show_spinner=False, max_entries=8)
 def item_text(fingerprint: str, _loaded: data.Loaded) -> dict:
-    """Hover text per row: image ids and captions (stored datasets only)."""
+    """Hover text per row: image ids and captions (stored datasets only).
+
+    One read-only pair of arrays per dataset version, shared by every call
+    (``st.cache_resource``: ``st.cache_data`` unpickled a fresh copy of
+    2,000,000 strings at each of the page's six calls, 1.8 s at 1,000,000
+    pairs)."""
     out = {"image_ids": None, "captions": None}
     images, texts = _tables(_loaded)
     if images is not None and "image_id" in images.columns:
-        out["image_ids"] = images["image_id"].astype(str).to_numpy()
+        out["image_ids"] = images["image_id"].astype(str).to_numpy(dtype=object)
     if texts is not None and "caption" in texts.columns:
-        out["captions"] = texts["caption"].astype(str).to_numpy()
+        out["captions"] = texts["caption"].astype(str).to_numpy(dtype=object)
+    for v in out.values():
+        if v is not None:
+            v.flags.writeable = False
     return out
 
 
@@ -314,8 +332,11 @@ def alignment(fingerprint: str, _loaded: data.Loaded, method: str, k: int,
               train_fraction: float, temperature: float, max_pairs: int = MAX_LAB_PAIRS) -> dict:
     """``transforms.evaluate_alignment`` for one method (isotropy paper Sec. 4.2-4.3)."""
     img, txt, keep = _paired(_loaded, max_pairs)
-    r = transforms.evaluate_alignment(img, txt, method, k=k if method == "whiten" else None,
-                                      train_fraction=train_fraction, temperature=temperature)
+    with threads.policy(LAB_KERNEL):
+        r = transforms.evaluate_alignment(img, txt, method,
+                                          k=k if method == "whiten" else None,
+                                          train_fraction=train_fraction,
+                                          temperature=temperature)
     return {"method": method, "k": r.k, "train": r.train.__dict__, "test": r.test.__dict__,
             "test_index": r.test_index,
             "test_image_rows": _loaded.pair_image_rows[keep[r.test_index]],
@@ -345,7 +366,8 @@ def alignment_table(loaded: data.Loaded, selected: str, k: int, train_fraction: 
 @st.cache_data(show_spinner=False, max_entries=16)
 def joint_of(fingerprint: str, tag: str, _image: np.ndarray, _text: np.ndarray) -> dict:
     """Joint uncentred SVD projection of unit rows (for the before/after views, Figs. 12-13)."""
-    p = projection.joint_svd_projection(_image, _text, 2, normalize=True)
+    with threads.policy(LAB_KERNEL):
+        p = projection.joint_svd_projection(_image, _text, 2, normalize=True)
     return {"image": p.image_coords, "text": p.text_coords}
 
 
@@ -368,7 +390,8 @@ def _whitening_rank(fingerprint: str, _loaded: data.Loaded, train_fraction: floa
     """The numerical rank whitening sees (repeated rows, such as identical
     captions, lower it below 2 (n_train - 1))."""
     img, txt, _ = _paired(_loaded, MAX_LAB_PAIRS)
-    return transforms.whitening_rank(img, txt, train_fraction)
+    with threads.policy(LAB_KERNEL):
+        return transforms.whitening_rank(img, txt, train_fraction)
 
 
 @st.cache_data(show_spinner="recovering intra-modal similarities…", max_entries=16)
@@ -376,6 +399,7 @@ def intra(fingerprint: str, _loaded: data.Loaded, n_pairs: int, k: int, seed: in
     """Intra-modal similarity recovery on a sample, against the data's true
     image-image cosines, with its error-vs-rank curve (intra-modal supplement Eq. 4-10)."""
     img, txt, keep = _paired(_loaded, n_pairs, seed)
-    out = projection.intra_recovery_experiment(img, txt, n_pairs=n_pairs, k=k, seed=seed)
+    with threads.policy(LAB_KERNEL):
+        out = projection.intra_recovery_experiment(img, txt, n_pairs=n_pairs, k=k, seed=seed)
     out["image_rows"] = _loaded.pair_image_rows[keep[out["rows"]]]
     return out

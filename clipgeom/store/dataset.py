@@ -3,7 +3,10 @@ derived-results folders, all inside the one version it was opened at."""
 
 from __future__ import annotations
 
+import os
 import re
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -113,27 +116,57 @@ class Dataset:
                 df[col] = to_none(df[col])
         return df
 
+    def _table_key(self, *fnames: str) -> tuple | None:
+        """The key of this version's tables in the process-wide cache: the
+        version folder, the fingerprint and each file's stat (a file replaced
+        or altered in place is read afresh). None when a file cannot be stat'ed
+        (the reader then reports it)."""
+        try:
+            stats = tuple((f, st.st_ino, st.st_size, st.st_mtime_ns)
+                          for f in fnames for st in [os.stat(self.path / f)])
+        except OSError:
+            return None
+        return (str(self.path), self.fingerprint, stats)
+
+    def _shared_table(self, fname: str, expected: int) -> pd.DataFrame:
+        key = self._table_key(fname)
+        df = _shared_get(key)
+        if df is None:
+            df = self._load_table(fname, expected)
+            _shared_put(key, df)
+        # a shallow copy: under pandas' copy-on-write, a caller that changes
+        # its frame never changes the shared one (nor another caller's)
+        return df.copy(deep=False)
+
     @property
     def images(self) -> pd.DataFrame:
+        """The images table (read once per version and process: see :data:`_SHARED`)."""
         if self._images is None:
-            self._images = self._load_table(IMAGES, self.n_images)
+            self._images = self._shared_table(IMAGES, self.n_images)
         return self._images
 
     @property
     def texts(self) -> pd.DataFrame:
+        """The texts table (read once per version and process: see :data:`_SHARED`)."""
         if self._texts is None:
-            self._texts = self._load_table(TEXTS, self.n_texts)
+            self._texts = self._shared_table(TEXTS, self.n_texts)
         return self._texts
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(image_rows, text_rows): per image, the first caption pointing at
-        it, in image order; images without a caption are left out.
+        it, in image order; images without a caption are left out. Computed
+        once per version and process (:data:`_SHARED`).
 
         DESIGN: "Paired analyses use one caption per image (the first)".
         """
         if self._pairs is None:
-            self._pairs = pair_rows(self.images["image_id"],
-                                     self.texts["image_id"])
+            key = self._table_key(IMAGES, TEXTS)
+            key = None if key is None else key + ("pairs",)
+            found = _shared_get(key)
+            if found is None:
+                found = pair_rows(self.images["image_id"], self.texts["image_id"])
+                _shared_put(key, found)
+            self._pairs = found
         return self._pairs[0].copy(), self._pairs[1].copy()
 
     # folders ------------------------------------------------------------------
@@ -204,6 +237,56 @@ class Dataset:
         if self.read_only and isinstance(other, str) and _PLAIN_NAME.fullmatch(other):
             return self.path.parent / other / "thumbs"
         return self.path / "thumbs"
+
+
+# Parsed tables and pairings of dataset versions, shared by every ``Dataset``
+# this process opens on the same version: a dashboard opens a dataset many
+# times per page (and a server renders many pages), and at 1,000,000 rows
+# reading both parquet tables and pairing them took 3.4 s each time. A version
+# folder never changes once committed; the key also holds each table file's
+# stat, so a file altered or replaced in place is read afresh, and a dataset
+# re-imported under the same name is a new folder and fingerprint. Bounded,
+# the least recently used entries going first: at most 24 entries (images,
+# texts and their pairing of 8 versions, as many datasets as the dashboard's
+# own per-dataset caches keep) holding at most 4,000,000 table rows in all
+# (a version of 1,000,000 pairs held 370 MB). A smaller bound made a server
+# cycling through a few datasets read every table again at each page, and
+# which tables came from memory depended on the order pages were visited in.
+_SHARED: "OrderedDict[tuple, object]" = OrderedDict()
+_SHARED_MAX = 24
+_SHARED_MAX_ROWS = 4_000_000
+_SHARED_LOCK = threading.Lock()
+
+
+def _rows(value) -> int:
+    return len(value) if isinstance(value, pd.DataFrame) else 0
+
+
+def _shared_get(key):
+    if key is None:
+        return None
+    with _SHARED_LOCK:
+        found = _SHARED.get(key)
+        if found is not None:
+            _SHARED.move_to_end(key)
+        return found
+
+
+def _shared_put(key, value) -> None:
+    if key is None or _rows(value) > _SHARED_MAX_ROWS:
+        return
+    with _SHARED_LOCK:
+        _SHARED[key] = value
+        _SHARED.move_to_end(key)
+        while (len(_SHARED) > _SHARED_MAX
+               or sum(_rows(v) for v in _SHARED.values()) > _SHARED_MAX_ROWS):
+            _SHARED.popitem(last=False)
+
+
+def clear_shared() -> None:
+    """Forget every shared table and pairing (tests; memory)."""
+    with _SHARED_LOCK:
+        _SHARED.clear()
 
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")   # a sibling folder, never a path
