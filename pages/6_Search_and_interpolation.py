@@ -142,11 +142,11 @@ def path_gallery(pth: dict, key: str) -> None:
     for t, r, c, rep in zip(thetas, res["nearest_image"], res["nearest_image_cos"],
                             res["nearest_image_repeat"]):
         if rep:
-            cards.append((None, f"θ={t:.2f}: 〃 same image as the previous θ"))
+            cards.append((None, f"θ={t:.2f}: same image as the previous θ"))
         else:
             cards.append((thumb(int(r)), f"θ={t:.2f} · {image_label(int(r))} · cos {c:.3f}"))
     figures.gallery(cards, columns=min(6, len(cards)))
-    caps = [("〃 (same as above)" if rep else caption_of(int(r)))
+    caps = [("(same as above)" if rep else caption_of(int(r)))
             for r, rep in zip(res["nearest_text"], res["nearest_text_repeat"])]
     st.dataframe(pd.DataFrame({"θ": np.round(thetas, 3), "nearest caption": caps,
                                "cos": res["nearest_text_cos"]}),
