@@ -404,7 +404,8 @@ def _cmd_jobs(args) -> int:
             where = (f" {prog.get('stage')}: {prog.get('done', 0):,} of {prog.get('total', 0):,}"
                      if prog and j.state not in background.TERMINAL else "")
             extra = f" -> {j.result}" if j.result else (f": {j.error}" if j.error else "")
-            print(f"{j.id}  {j.label:<24} {j.title}{where}{extra}")
+            engine = f" [{j.engine}]" if j.engine else ""
+            print(f"{j.id}  {j.label:<24} {j.title}{engine}{where}{extra}")
         return 0
     if cmd == "cancel":
         print(f"{args.id}: {background.cancel(args.id).label}")

@@ -212,6 +212,8 @@ def test_kill_9_mid_job_is_interrupted_and_resume_recomputes_no_finished_chunk(
     listing = subprocess.run([sys.executable, "-m", "clipgeom", "jobs", "list"],
                              capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert f"{job_id}  interrupted (resumable)" in listing.stdout, listing
+    line = next(x for x in listing.stdout.splitlines() if x.startswith(job_id))
+    assert f"[{info.engine}]" in line and info.engine == "local"     # the engine it ran on
     subprocess.run([sys.executable, "-m", "clipgeom", "jobs", "resume", job_id], check=True,
                    capture_output=True, cwd=ROOT, env=env, timeout=120)
     info = background.wait(job_id, timeout=300)
