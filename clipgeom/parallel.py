@@ -67,18 +67,22 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
+    """A worker's start: ``parent`` is the pid of the process that made the
+    pool (given, not read here: a worker still starting when its caller is
+    killed would read init's pid and watch the wrong process forever)."""
     # One BLAS thread per worker: the parallelism is the processes.
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1)
-    _exit_with_parent(os.getppid())
+    _exit_with_parent(parent)
 
 
 def _exit_with_parent(parent: int) -> None:
-    """End this worker when the process that started it is gone (killed with
-    SIGKILL, it cannot stop its workers, which would otherwise stay idle,
-    holding memory and the arrays' maps)."""
+    """End this worker when ``parent`` (the process that started it) is gone:
+    killed with SIGKILL, it cannot stop its workers, which would otherwise
+    stay idle, holding memory and the arrays' maps. Already gone (the worker
+    was still starting): end now."""
     def watch():
         while os.getppid() == parent:
             time.sleep(1.0)
@@ -141,7 +145,7 @@ class PoolEngine(moments.LocalEngine):
         # spawned, not forked (the caller may be a threaded server); the same
         # executor as the last pass unless it has died or changed size
         pool = get_reusable_executor(max_workers=self.workers, timeout=IDLE_TIMEOUT_S,
-                                     initializer=_worker_init)
+                                     initializer=_worker_init, initargs=(os.getpid(),))
         window = 2 * self.workers            # blocks submitted ahead of the fold
         pending, acc, nxt = [], None, 0
         try:

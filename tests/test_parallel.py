@@ -173,3 +173,33 @@ def test_workers_end_with_a_killed_caller(clipgeom_home):
         alive = {w for w in alive if os.path.exists(f"/proc/{w}")
                  and open(f"/proc/{w}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"}
     assert not alive, f"workers {alive} outlived their killed caller"
+
+
+def test_a_worker_whose_caller_died_while_it_started_ends():
+    """The race CI hit (a worker still starting when its caller was killed
+    read init's pid as its parent and watched it forever): the caller's pid
+    is given to the worker, so one that starts orphaned ends at once."""
+    import subprocess
+    import sys
+
+    child = ("import sys, time\ntime.sleep(1.0)\n"        # the caller is gone by now
+             "from clipgeom import parallel\nparallel._worker_init(int(sys.argv[1]))\n"
+             "time.sleep(60)\n")
+    caller = ("import os, subprocess, sys\n"
+              f"p = subprocess.Popen([sys.executable, '-c', {child!r}, str(os.getpid())])\n"
+              "print(p.pid, flush=True)\nos._exit(0)\n")
+    out = subprocess.run([sys.executable, "-c", caller], capture_output=True, text=True,
+                         env=dict(os.environ), timeout=60)
+    pid = int(out.stdout.split()[0])
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            break                                       # gone (reaped by init)
+        if state == "Z":
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, 9)
+        raise AssertionError("a worker started after its caller died is still running")
