@@ -33,6 +33,13 @@ from .errors import InputError
 
 CLIP_TEMPERATURE = 0.01  # CLIP's learned logit scale is 100
 LOGIT_KINDS = ("cosine", "dot", "neg_distance", "neg_sq_distance")
+# Retrieval counts a tie as retrieved. Logits are float32 products, so two
+# identical rows (duplicate captions) can come out a few ulps apart, and which
+# copy "wins" would depend on the CPU's kernels (AVX2 vs AVX-512) and threads.
+# Logits within TIE_REL of the largest logit magnitude are therefore ties:
+# 1e-5 is ~100 float32 ulps, far above the kernels' rounding, far below any
+# real difference between items (a cosine difference of 1e-5).
+TIE_REL = 1e-5
 Modality = Literal["image", "text", "both"]
 
 
@@ -228,9 +235,14 @@ def _evaluate(vc: np.ndarray, tc: np.ndarray, specs: Sequence[_Spec],
     out = []
     for spec, st in zip(specs, acc):
         diag = st["diag"].double().numpy()
-        # Retrieved when the own logit is the maximum (ties count as retrieved).
-        i2t = st["row_max"].numpy() <= st["diag"].numpy()
-        t2i = st["col_max"].numpy() <= st["diag"].numpy()
+        # Retrieved when the own logit is the maximum; ties count as retrieved,
+        # to float32 precision (see TIE_REL: duplicate captions tie exactly in
+        # exact arithmetic, and float32 kernels may round two copies apart).
+        own = st["diag"].numpy().astype(np.float64)
+        tie = TIE_REL * max(float(np.abs(own).max()),
+                            float(np.abs(st["row_max"].numpy()).max()), 1e-30)
+        i2t = st["row_max"].numpy() <= own + tie
+        t2i = st["col_max"].numpy() <= own + tie
         row_lse = st["row_lse"].double().numpy()
         col_lse = st["col_lse"].numpy()
         per_pair = -diag + 0.5 * row_lse + 0.5 * col_lse

@@ -22,22 +22,27 @@ def conformity(x, reference=None):
     return (u @ unit(reference).T).mean(1)
 
 
-def clip_loss(v, t, tau, ai=0.0, at=0.0, kind="cosine"):
-    """(total, alignment, uniformity, acc_i2t, acc_t2i, per_pair) by the N x N matrix."""
+def logits(v, t, tau, ai=0.0, at=0.0, kind="cosine"):
+    """The full N x N float64 logit matrix of image rows v against text rows t
+    after v - ai m_v, t - at m_t (cosine), or of the EuCLIP geometries on rows
+    scaled to unit RMS norm."""
     v = np.asarray(v, np.float64)
     t = np.asarray(t, np.float64)
     v = v - ai * v.mean(0)
     t = t - at * t.mean(0)
     if kind == "cosine":
-        L = unit(v) @ unit(t).T / tau
-    else:
-        vs = v / np.sqrt(np.mean(np.sum(v ** 2, 1)))
-        ts = t / np.sqrt(np.mean(np.sum(t ** 2, 1)))
-        if kind == "dot":
-            L = vs @ ts.T / tau
-        else:
-            d2 = ((vs[:, None, :] - ts[None, :, :]) ** 2).sum(-1)
-            L = -d2 / tau if kind == "neg_sq_distance" else -np.sqrt(d2) / tau
+        return unit(v) @ unit(t).T / tau
+    vs = v / np.sqrt(np.mean(np.sum(v ** 2, 1)))
+    ts = t / np.sqrt(np.mean(np.sum(t ** 2, 1)))
+    if kind == "dot":
+        return vs @ ts.T / tau
+    d2 = np.maximum((vs ** 2).sum(1)[:, None] + (ts ** 2).sum(1)[None, :] - 2 * vs @ ts.T, 0)
+    return -d2 / tau if kind == "neg_sq_distance" else -np.sqrt(d2) / tau
+
+
+def clip_loss(v, t, tau, ai=0.0, at=0.0, kind="cosine"):
+    """(total, alignment, uniformity, acc_i2t, acc_t2i, per_pair) by the N x N matrix."""
+    L = logits(v, t, tau, ai, at, kind)
     n = len(L)
     diag = np.diag(L)
     r = logsumexp(L, axis=1)
