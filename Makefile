@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PORT   ?= 8501
 
-.PHONY: demo test install install-dev bench clean
+.PHONY: demo test test-fast install install-dev bench clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "clipgeom needs Python 3.11 ($(PYTHON) not found; set PYTHON=...)"; exit 1; }
@@ -29,6 +29,10 @@ demo: $(VENV)/.runtime
 
 test: $(VENV)/.dev
 	$(PY) -m pytest tests
+
+# Development: every test but the browser, Ray and slow tiers (tests/conftest.py).
+test-fast: $(VENV)/.dev
+	$(PY) -m pytest tests -m "not browser and not ray and not slow"
 
 bench: $(VENV)/.runtime
 	$(PY) bench/run_all.py

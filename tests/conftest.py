@@ -95,3 +95,29 @@ def checkpoint(tiny_model_config, tmp_path):
     ck = tmp_path / "tiny.pt"
     torch.save(embed.load_model(embed.ModelSpec(str(tiny_model_config))).model.state_dict(), ck)
     return ck
+
+
+# Test tiers (issue 18). `make test` runs every tier; `make test-fast` leaves
+# out the slow ones for development:
+#   browser  drives the running app in headless Chromium
+#   ray      starts a local Ray (seconds per start)
+#   slow     real-process chaos, kill -9 journeys and the working-set scans
+# One table, by module, so a new test file joins a tier in one line; a test
+# whose name mentions Ray joins the ray tier wherever it lives.
+TIERS = {
+    "test_browser": ("browser",), "test_journeys": ("browser",),
+    "test_jobs_browser": ("browser", "slow"),
+    "test_ray_engine": ("ray",),
+    "test_working_set": ("slow",), "test_chaos": ("slow",),
+    "test_background_jobs": ("slow",),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        names = set(TIERS.get(module, ()))
+        if "ray" in item.name.lower().split("_") or "_ray_" in item.name.lower():
+            names.add("ray")
+        for name in names:
+            item.add_marker(getattr(pytest.mark, name))

@@ -453,3 +453,27 @@ def test_exact_conformity_holds_at_extreme_scales(scale):
     x = (_cloud(8, 60, 8).astype(np.float64) * scale).astype(np.float32)
     np.testing.assert_allclose(conformity.exact_conformity(x, chunk=17),
                                brute_conformity(x.astype(np.float64)), atol=1e-6)
+
+
+@pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"),
+                    reason="OpenBLAS core types named here are x86-64's")
+@pytest.mark.parametrize("coretype,threads,workers", [("SandyBridge", "2", "1"),
+                                                      ("SkylakeX", "1", "")])
+def test_golden_reports_hold_under_other_kernel_families(coretype, threads, workers):
+    """The golden comparisons again in a fresh process whose OpenBLAS runs
+    another kernel family (AVX-only SandyBridge; AVX-512 SkylakeX, which
+    OpenBLAS drops to the best this CPU has) and thread count, in-process or
+    on the worker pool: what a contributor's other laptop would run."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "OPENBLAS_CORETYPE": coretype, "OPENBLAS_NUM_THREADS": threads,
+           "CLIPGEOM_WORKERS": workers}
+    if not workers:
+        env.pop("CLIPGEOM_WORKERS")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          f"{__file__}::test_report_equals_the_previous_implementation_on_generated_data",
+                          f"{__file__}::test_report_equals_the_previous_implementation_on_the_demo"],
+                         env=env, capture_output=True, text=True, timeout=900,
+                         cwd=Path(__file__).parent.parent)
+    assert out.returncode == 0 and "2 passed" in out.stdout, out.stdout[-4000:] + out.stderr[-2000:]
