@@ -243,17 +243,12 @@ def test_pairs_pass_merged_equals_numpy():
 
 def assert_reports_equal(a, b, rel=REL, skip=(), f32_rel=None):
     """Every leaf equal (floats to ``rel``; with ``f32_rel``, the sections of
-    float32 products, F32_PATHS, to that instead)."""
+    float32 products, precision.F32_PATHS, to that instead)."""
     a, b = json.loads(json.dumps(a)), json.loads(json.dumps(b))
     for k in skip:
         a.pop(k, None), b.pop(k, None)
-    for path, p, q in precision.walk(a, b):
-        if isinstance(p, float) and isinstance(q, float):
-            tol = (f32_rel if f32_rel and any(t in path + "." for t in precision.F32_PATHS)
-                   else rel)
-            assert q == pytest.approx(p, rel=tol, abs=1e-300), path
-        else:
-            assert p == q, path
+    bad = precision.mismatches(b, a, rel=rel, f32_rel=f32_rel or rel)
+    assert not bad, "\n".join(bad)
 
 
 CONFORMITY_KEYS = ("mean", "a", "b", "pearson", "a_paper", "b_paper")
