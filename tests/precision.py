@@ -279,9 +279,10 @@ def mismatches(new: dict, old: dict, skip=(), rel: float = F64_REL,
         if path in skip:
             continue
         if isinstance(p, float) and isinstance(q, float):
-            tol = f32_rel if any(t in path + "." for t in F32_PATHS) else rel
+            f32 = any(t in path + "." for t in F32_PATHS)
+            tol = f32_rel if f32 else rel
             if not (p == q or abs(q - p) <= tol * abs(p) or (np.isnan(p) and np.isnan(q))):
-                kind = "float32 products" if tol == f32_rel else "float64"
+                kind = "float32 products" if f32 else "float64"
                 bad.append(f"{path}: {q!r} vs stored {p!r}, rel {abs(q - p) / abs(p):.2e} > "
                            f"{tol:g} ({kind})")
         elif p != q:
